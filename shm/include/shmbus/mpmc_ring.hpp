@@ -1,0 +1,186 @@
+// MpmcRing: a bounded multi-producer multi-consumer ring of 32-bit values in shared memory that no
+// process can wedge by dying, at any point of any operation.
+//
+// Why not Vyukov/Disruptor: those reserve a position (CAS or fetch_add on an index) and write the slot
+// afterwards. A producer killed between the two leaves a reserved slot that is never written, and every
+// consumer waits on it forever. Here the one step that makes an operation happen is a single CAS on the
+// cell, which carries the value itself; the head and tail indices are hints that any process advances.
+//
+// Cell: 64 bits = lap (31 bits) | full (1 bit) | value (32 bits). For position p with lap L = (p >> log2
+// capacity) mod 2^31, the cell at p & mask is EMPTY(L) when p may be pushed, FULL(L, v) when p holds v,
+// and EMPTY(L + 1) once p has been popped (which is "may be pushed" for p + capacity).
+//
+//   push(v): t = tail; if cell == EMPTY(lap t): CAS it to FULL(lap t, v)  <- the push happens here
+//            then CAS tail t -> t+1 (a helper may do it first). If the cell is FULL(lap t) or EMPTY(lap t
+//            + 1) someone pushed at t already: help tail forward and retry. FULL(lap t - 1): full.
+//   pop():   h = head; if cell == FULL(lap h, v): CAS it to EMPTY(lap h + 1)  <- the pop happens here
+//            then CAS head h -> h+1. EMPTY(lap h + 1), or FULL(lap h + 1) (popped, and pushed again for
+//            h + capacity while head still lagged at h): popped already, help head forward. EMPTY(lap h):
+//            empty.
+//
+// Proof sketch (no wedge, nothing lost or duplicated but the dying process's own value):
+//  - Every push and pop takes effect at exactly one successful cell CAS. A process killed before it has
+//    done nothing; killed after it has done all that matters: the index it did not advance is advanced
+//    by the next operation that reads the cell (helping), so no state waits on a dead process.
+//  - tail moves past p only when cell p holds p's value or has been popped; head moves past p only when p
+//    has been popped. Hence pushes fill positions in order and pops take them in order (FIFO), each
+//    value lands in exactly one position and each position is popped at most once (the CAS from
+//    FULL(L, v) succeeds once).
+//  - A value is lost only when its popper dies after the pop CAS (it held it) and duplicated never.
+//    ChunkPool adds owner words on top so that even that value is returned by reclaim().
+//  - ABA on a cell needs a process stalled for 2^31 laps of the ring (2^31 x capacity positions) between
+//    its load and its CAS. For a plain ring the late CAS then acts on the current lap: order may suffer,
+//    nothing is lost or duplicated. For a ChunkPool ring it can strand one chunk until its pusher exits
+//    (reclaim then returns it). With capacity >= 64 that is a stall over 2^37 operations.
+//
+// Memory ordering:
+//  R3 (push CAS, acq_rel) pairs with A3 (pop's cell load, acquire): what the pusher wrote before pushing
+//     (a chunk's payload, its owner stamp) is visible to the popper.
+//  R4 (pop CAS, acq_rel) pairs with A4 (push's cell load, acquire): a pusher reuses a cell only after
+//     the popper's reads of it.
+//  head and tail are hints: their loads are acquire and CASes release only so that a process that reads a
+//  moved index also sees the cell state that justified the move; correctness rests on the cells.
+//
+// Positions are 64-bit and free-running; lap arithmetic is mod 2^31 and stays consistent across 2^64
+// because capacity <= 2^32.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+#include "shmbus/config.hpp"
+#include "shmbus/fault.hpp"
+#include "shmbus/result.hpp"
+#include "shmbus/segment.hpp"
+#include "shmbus/spsc_ring.hpp"  // RingStatus
+
+namespace shmbus {
+
+struct MpmcRingShared {
+  std::uint64_t capacity;      // power of two, 2 .. 2^32
+  std::uint64_t shift;         // log2(capacity)
+  std::uint64_t cells_offset;  // from the segment base; capacity cells of 8 bytes
+  std::uint64_t initial_pos;
+  std::uint8_t pad0[kCacheLine - 32];
+  alignas(kCacheLine) std::atomic<std::uint64_t> tail;  // hint: next position to push
+  std::uint8_t pad1[kCacheLine - 8];
+  alignas(kCacheLine) std::atomic<std::uint64_t> head;  // hint: next position to pop
+  std::uint8_t pad2[kCacheLine - 8];
+};
+static_assert(sizeof(MpmcRingShared) == 3 * kCacheLine);
+static_assert(offsetof(MpmcRingShared, tail) == kCacheLine);
+static_assert(offsetof(MpmcRingShared, head) == 2 * kCacheLine);
+static_assert(std::is_standard_layout_v<MpmcRingShared>);
+static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
+
+struct MpmcRingOptions {
+  std::uint64_t capacity = 1024;  // a power of two, 2 .. 2^32
+  std::uint64_t initial_pos = 0;
+};
+
+class MpmcRing {
+ public:
+  using Cell = std::atomic<std::uint64_t>;
+  static constexpr std::uint64_t kLapMask = (1ULL << 31) - 1;
+  static constexpr std::uint64_t kFullBit = 1ULL << 32;
+
+  static std::size_t footprint(const MpmcRingOptions& options);
+  static Result<Ref<MpmcRingShared>> place(Segment& segment, const MpmcRingOptions& options);
+  static Result<MpmcRing> attach(const Segment& segment, Ref<MpmcRingShared> ref);
+
+  MpmcRing() = default;
+
+  RingStatus try_push(std::uint32_t value) noexcept {
+    for (;;) {
+      const std::uint64_t t = s_->tail.load(std::memory_order_acquire);
+      Cell& c = cell(t);
+      std::uint64_t cur = c.load(std::memory_order_acquire);  // A4: pairs with R4 in try_pop().
+      const std::uint64_t l = lap(t);
+      if (cur == empty(l)) {
+        SHMBUS_FAULT_POINT("mpmc.push.before_cas");
+        // R3: pairs with A3 in try_pop().
+        if (c.compare_exchange_strong(cur, full(l, value), std::memory_order_acq_rel)) {
+          SHMBUS_FAULT_POINT("mpmc.push.after_cas");
+          advance(s_->tail, t);
+          return RingStatus::ok;
+        }
+        continue;
+      }
+      if (pushed_at(cur, l)) {
+        advance(s_->tail, t);  // help a pusher that has not advanced tail (or died)
+        continue;
+      }
+      if (is_full(cur) && lap_of(cur) == lap_add(l, kLapMask) &&
+          s_->tail.load(std::memory_order_acquire) == t)
+        return RingStatus::full;
+    }
+  }
+
+  RingStatus try_pop(std::uint32_t& value) noexcept {
+    for (;;) {
+      const std::uint64_t h = s_->head.load(std::memory_order_acquire);
+      Cell& c = cell(h);
+      std::uint64_t cur = c.load(std::memory_order_acquire);  // A3: pairs with R3 in try_push().
+      const std::uint64_t l = lap(h);
+      if (is_full(cur) && lap_of(cur) == l) {
+        SHMBUS_FAULT_POINT("mpmc.pop.before_cas");
+        // R4: pairs with A4 in try_push().
+        if (c.compare_exchange_strong(cur, empty(lap_add(l, 1)), std::memory_order_acq_rel)) {
+          SHMBUS_FAULT_POINT("mpmc.pop.after_cas");
+          advance(s_->head, h);
+          value = static_cast<std::uint32_t>(cur);
+          return RingStatus::ok;
+        }
+        continue;
+      }
+      if (popped_at(cur, l)) {
+        advance(s_->head, h);  // help a popper that has not advanced head (or died)
+        continue;
+      }
+      if (cur == empty(l) && s_->head.load(std::memory_order_acquire) == h) return RingStatus::empty;
+    }
+  }
+
+  std::uint64_t capacity() const { return capacity_; }
+  // tail - head, clamped at 0: exact when no operation is in flight.
+  std::uint64_t size_approx() const {
+    const std::uint64_t h = s_->head.load(std::memory_order_acquire);
+    const std::uint64_t t = s_->tail.load(std::memory_order_acquire);
+    return t - h > capacity_ ? 0 : t - h;
+  }
+  MpmcRingShared* shared() const { return s_; }
+
+  // ---- cell arithmetic, shared with ChunkPool ----
+  Cell& cell(std::uint64_t pos) const { return cells_[pos & mask_]; }
+  std::uint64_t lap(std::uint64_t pos) const { return (pos >> shift_) & kLapMask; }
+  static std::uint64_t lap_of(std::uint64_t cell) { return cell >> 33; }
+  static std::uint64_t lap_add(std::uint64_t l, std::uint64_t d) { return (l + d) & kLapMask; }
+  static bool is_full(std::uint64_t cell) { return (cell & kFullBit) != 0; }
+  static std::uint64_t empty(std::uint64_t l) { return l << 33; }
+  static std::uint64_t full(std::uint64_t l, std::uint32_t v) { return (l << 33) | kFullBit | v; }
+  // True when position with lap l has been pushed already (holds its value, or was popped since).
+  static bool pushed_at(std::uint64_t cur, std::uint64_t l) {
+    return (is_full(cur) && lap_of(cur) == l) || cur == empty(lap_add(l, 1));
+  }
+  // True when position with lap l has been popped already: the cell is empty for the next lap, or (when
+  // head lagged behind a popper that died before advancing it) already holds the next lap's value.
+  static bool popped_at(std::uint64_t cur, std::uint64_t l) {
+    return cur == empty(lap_add(l, 1)) || (is_full(cur) && lap_of(cur) == lap_add(l, 1));
+  }
+  // CAS index from `from` to from+1; failure means another process advanced it.
+  static void advance(std::atomic<std::uint64_t>& index, std::uint64_t from) noexcept {
+    // Release: whoever reads the new index (acquire) also sees the cell state that justified the move.
+    index.compare_exchange_strong(from, from + 1, std::memory_order_release, std::memory_order_relaxed);
+  }
+
+ private:
+  MpmcRingShared* s_ = nullptr;
+  Cell* cells_ = nullptr;
+  std::uint64_t capacity_ = 0;
+  std::uint64_t mask_ = 0;
+  std::uint64_t shift_ = 0;
+};
+
+}  // namespace shmbus

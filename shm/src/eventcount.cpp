@@ -1,0 +1,97 @@
+#include "shmbus/eventcount.hpp"
+
+#include <linux/futex.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <climits>
+#include <ctime>
+
+namespace shmbus {
+
+int futex_wait(std::atomic<std::uint32_t>* word, std::uint32_t expected, std::chrono::nanoseconds timeout) {
+  timespec ts{};
+  timespec* tsp = nullptr;
+  if (timeout.count() >= 0) {
+    ts.tv_sec = static_cast<time_t>(timeout.count() / 1'000'000'000);
+    ts.tv_nsec = static_cast<long>(timeout.count() % 1'000'000'000);
+    tsp = &ts;
+  }
+  // A shared futex (no FUTEX_PRIVATE_FLAG): the kernel keys it by the page, so waiters and wakers in
+  // different processes that map the same file meet on it. The relative timeout is CLOCK_MONOTONIC.
+  const long rc =
+      ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), FUTEX_WAIT, expected, tsp, nullptr, 0);
+  return rc == 0 ? 0 : -errno;
+}
+
+int futex_wake(std::atomic<std::uint32_t>* word, int count) {
+  const long rc =
+      ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), FUTEX_WAKE, count, nullptr, nullptr, 0);
+  return rc < 0 ? -errno : static_cast<int>(rc);
+}
+
+void EventCount::init(EventCountShared* shared) noexcept {
+  shared->seq.store(0, std::memory_order_relaxed);
+  shared->futex_sleepers.store(0, std::memory_order_relaxed);
+  shared->fd_sleepers.store(0, std::memory_order_relaxed);
+  shared->wakes.store(0, std::memory_order_relaxed);
+}
+
+void EventCount::notify_slow() noexcept {
+  // N4: the bump makes a concurrent FUTEX_WAIT with the old key return at once (pairs with W2).
+  s_->seq.fetch_add(1, std::memory_order_seq_cst);
+  // Relaxed: a statistic.
+  s_->wakes.fetch_add(1, std::memory_order_relaxed);
+  if (s_->futex_sleepers.load(std::memory_order_relaxed) != 0) futex_wake(&s_->seq, INT_MAX);
+  if (notify_fd_ >= 0 && s_->fd_sleepers.load(std::memory_order_relaxed) != 0) {
+    const std::uint64_t one = 1;
+    // EAGAIN (counter saturated) still leaves the fd readable; nothing else can fail on a valid eventfd.
+    [[maybe_unused]] ssize_t n = ::write(notify_fd_, &one, sizeof one);
+  }
+}
+
+bool EventCount::wait(std::uint32_t key, std::chrono::nanoseconds timeout) noexcept {
+  const int rc = futex_wait(&s_->seq, key, timeout);
+  s_->futex_sleepers.fetch_sub(1, std::memory_order_relaxed);  // relaxed: only counts, orders nothing
+  return rc != -ETIMEDOUT;
+}
+
+void EventCount::reset_sleepers() noexcept {
+  s_->futex_sleepers.store(0, std::memory_order_relaxed);
+  s_->fd_sleepers.store(0, std::memory_order_relaxed);
+}
+
+Result<EventFdWaiter> EventFdWaiter::create() {
+  const int fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (fd < 0) return Error::from_errno(errno, "eventfd");
+  return EventFdWaiter(fd);
+}
+
+EventFdWaiter& EventFdWaiter::operator=(EventFdWaiter&& other) noexcept {
+  if (this != &other) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = other.fd_;
+    other.fd_ = -1;
+  }
+  return *this;
+}
+
+EventFdWaiter::~EventFdWaiter() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+bool EventFdWaiter::wait(std::chrono::nanoseconds timeout) noexcept {
+  pollfd p{fd_, POLLIN, 0};
+  const long ms = timeout.count() < 0 ? -1 : static_cast<long>((timeout.count() + 999'999) / 1'000'000);
+  return ::poll(&p, 1, static_cast<int>(ms > INT_MAX ? INT_MAX : ms)) > 0;
+}
+
+std::uint64_t EventFdWaiter::consume() noexcept {
+  std::uint64_t v = 0;
+  if (::read(fd_, &v, sizeof v) != static_cast<ssize_t>(sizeof v)) return 0;
+  return v;
+}
+
+}  // namespace shmbus
