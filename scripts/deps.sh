@@ -6,6 +6,10 @@ SHMBUS_PACKAGES=(
   libboost-dev          # Boost.Interprocess (peers in bench/, later the broker)
   libgtest-dev libgmock-dev
   libbenchmark-dev
+  nlohmann-json3-dev    # control protocol frames
+  libcli11-dev          # the shmbus command
+  libtomlplusplus-dev   # broker config
+  libspdlog-dev libfmt-dev
 )
 
 shmbus_missing_packages() {

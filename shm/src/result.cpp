@@ -31,10 +31,26 @@ const char* errc_name(Errc e) noexcept {
       return "incomplete";
     case Errc::no_space:
       return "no_space";
+    case Errc::too_large:
+      return "too_large";
+    case Errc::timed_out:
+      return "timed_out";
+    case Errc::closed:
+      return "closed";
+    case Errc::unavailable:
+      return "unavailable";
+    case Errc::protocol_error:
+      return "protocol_error";
     case Errc::system_error:
       return "system_error";
   }
   return "unknown";
+}
+
+Errc errc_from_name(std::string_view name) noexcept {
+  for (int i = 0; i <= static_cast<int>(Errc::system_error); ++i)
+    if (name == errc_name(static_cast<Errc>(i))) return static_cast<Errc>(i);
+  return Errc::system_error;
 }
 
 Errc errc_from_errno(int err) noexcept {
@@ -55,6 +71,12 @@ Errc errc_from_errno(int err) noexcept {
     case EINVAL:
     case ENAMETOOLONG:
       return Errc::invalid_argument;
+    case ETIMEDOUT:
+      return Errc::timed_out;
+    case ECONNREFUSED:
+    case ECONNRESET:
+    case EPIPE:
+      return Errc::unavailable;
     default:
       return Errc::system_error;
   }

@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <new>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 #include <variant>
@@ -36,11 +37,18 @@ enum class Errc {
   truncated,          // the file is smaller than the header says, or than a header
   incomplete,         // the creator has not finished (or died while) creating it
   no_space,           // the arena or the device has no room left
+  too_large,          // a message larger than the topic's max size, a frame larger than the limit
+  timed_out,          // a deadline passed
+  closed,             // the client, port or connection is closed
+  unavailable,        // no broker runs for the domain (and autostart is off or failed)
+  protocol_error,     // a malformed or unexpected control message
   system_error,       // any other errno
 };
 
 // A short, stable name for an Errc ("foreign_segment"), for logs and tests.
 const char* errc_name(Errc e) noexcept;
+// The inverse of errc_name(); system_error for an unknown name.
+Errc errc_from_name(std::string_view name) noexcept;
 
 // One place maps errno to Errc (STYLE.md: "One place maps errno to Errc").
 Errc errc_from_errno(int err) noexcept;

@@ -1,0 +1,251 @@
+// libshmbus, the user-facing API: connect to a bus domain, then publish and subscribe to streams, and
+// produce to and consume from queues.
+//
+//   auto client = shmbus::Client::connect();            // SHMBUS_DOMAIN or "default"; may autostart a broker
+//   auto pub = client->publisher("sensors.left.temp").value();
+//   auto loan = pub.loan(sizeof(Reading)).value();      // writable bytes inside shared memory
+//   new (loan.data()) Reading{21.5};
+//   pub.publish(std::move(loan), {{"unit", "C"}});
+//   auto sub = client->subscriber("sensors.left.temp").value();
+//   while (auto s = sub.receive(100ms)) use(s->bytes(), s->attr("unit"), s->missed());
+//
+// Threads: a Client may be shared by threads (control calls are serialised); each Publisher,
+// Subscriber, Producer and Consumer is used by one thread at a time. A Sample or Delivery must not
+// outlive the port that produced it; a port must not outlive its Client.
+//
+// The data path (loan, publish, try_receive, receive, ack) never talks to the broker, never takes a
+// lock, and does not allocate unless the caller passes attributes. Setup calls return Result<T>; the
+// receive loop never throws.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "shmbus/paths.hpp"
+#include "shmbus/result.hpp"
+#include "shmbus/topic.hpp"
+
+namespace shmbus {
+
+namespace detail {
+struct ClientCore;
+struct PortState;
+}  // namespace detail
+
+struct ClientOptions {
+  std::string domain;                               // empty: $SHMBUS_DOMAIN or "default"
+  std::string name;                                 // shown by `shmbus status`; empty: the program name
+  std::optional<bool> autostart;                    // unset: on unless $SHMBUS_AUTOSTART=0
+  std::chrono::milliseconds connect_timeout{5000};  // how long to wait for an autostarted broker
+};
+
+class Publisher;
+class Subscriber;
+class Producer;
+class Consumer;
+
+// A message received from a stream, read in place in shared memory. Returns its chunk when destroyed.
+class Sample {
+ public:
+  Sample(Sample&& other) noexcept;
+  Sample& operator=(Sample&& other) noexcept;
+  Sample(const Sample&) = delete;
+  ~Sample();
+
+  std::span<const std::byte> bytes() const;
+  std::string_view text() const;  // bytes() as characters
+  std::string topic() const;
+  std::uint64_t seq() const;           // the publisher's sequence number (from 1)
+  std::uint64_t publisher() const;     // the publisher's id
+  std::uint64_t timestamp_ns() const;  // CLOCK_REALTIME at publish
+  std::uint64_t missed() const {
+    return missed_;
+  }  // messages dropped for this subscriber just before this one
+  std::optional<AttrValue> attr(std::string_view key) const;
+  Attributes attrs() const;
+  bool redelivered() const;
+
+ private:
+  friend class Subscriber;
+  friend class Consumer;
+  friend class Delivery;
+  Sample(TopicHandle* topic, std::uint32_t chunk, std::uint64_t missed)
+      : topic_(topic), chunk_(chunk), missed_(missed) {}
+  void reset() noexcept;
+  TopicHandle* topic_ = nullptr;
+  std::uint32_t chunk_ = 0;
+  std::uint64_t missed_ = 0;
+};
+
+// A message taken from a queue. ack() gives it back to the pool; nack() (or destruction without ack)
+// puts it back in the queue for another consumer, flagged redelivered.
+class Delivery {
+ public:
+  Delivery(Delivery&&) noexcept = default;
+  Delivery& operator=(Delivery&&) noexcept = default;
+  ~Delivery();
+
+  std::span<const std::byte> bytes() const { return sample_.bytes(); }
+  std::string_view text() const { return sample_.text(); }
+  std::string topic() const { return sample_.topic(); }
+  std::uint64_t seq() const { return sample_.seq(); }
+  std::uint64_t publisher() const { return sample_.publisher(); }
+  std::uint64_t timestamp_ns() const { return sample_.timestamp_ns(); }
+  std::optional<AttrValue> attr(std::string_view key) const { return sample_.attr(key); }
+  Attributes attrs() const { return sample_.attrs(); }
+  bool redelivered() const { return sample_.redelivered(); }
+  void ack() noexcept;
+  void nack() noexcept;
+
+ private:
+  friend class Consumer;
+  explicit Delivery(Sample s) : sample_(std::move(s)) {}
+  Sample sample_;
+};
+
+// Writable bytes inside a chunk of shared memory, from Publisher::loan() or Producer::loan(). Returned to
+// the pool if destroyed unpublished.
+class Loan {
+ public:
+  Loan(Loan&& other) noexcept;
+  Loan& operator=(Loan&& other) noexcept;
+  Loan(const Loan&) = delete;
+  ~Loan();
+  std::byte* data() const;
+  std::size_t size() const { return size_; }
+  void resize(std::size_t n);  // shrink what will be published (n <= the loaned size)
+
+ private:
+  friend class Publisher;
+  friend class Producer;
+  Loan(TopicHandle* topic, std::uint32_t chunk, std::size_t size)
+      : topic_(topic), chunk_(chunk), size_(size) {}
+  TopicHandle* topic_ = nullptr;
+  std::uint32_t chunk_ = 0;
+  std::size_t size_ = 0;
+};
+
+class Publisher {
+ public:
+  Publisher(Publisher&&) noexcept;
+  Publisher& operator=(Publisher&&) noexcept;
+  ~Publisher();
+  // A chunk for `size` payload bytes. Errc::too_large above the topic's max size; Errc::timed_out when
+  // no chunk frees up within `timeout` (every chunk is queued or held).
+  Result<Loan> loan(std::size_t size, std::chrono::nanoseconds timeout = std::chrono::seconds(1));
+  // Publish to every current subscriber. Under policy block, waits up to `timeout` for room; subscribers
+  // that stay full miss the message (Errc::timed_out is returned; the others got it).
+  Status publish(Loan&& loan, const Attributes& attrs = {},
+                 std::chrono::nanoseconds timeout = std::chrono::seconds(1));
+  Status publish(std::span<const std::byte> bytes, const Attributes& attrs = {},
+                 std::chrono::nanoseconds timeout = std::chrono::seconds(1));
+  Status publish(std::string_view text, const Attributes& attrs = {},
+                 std::chrono::nanoseconds timeout = std::chrono::seconds(1));
+  std::string topic() const;
+  std::uint64_t id() const;
+  std::size_t max_size() const;
+
+ private:
+  friend class Client;
+  explicit Publisher(std::shared_ptr<detail::PortState> p) : p_(std::move(p)) {}
+  std::shared_ptr<detail::PortState> p_;
+};
+
+struct SubscriberOptions {
+  std::uint32_t spin = 0;  // busy-poll iterations before parking in receive()
+};
+
+class Subscriber {
+ public:
+  Subscriber(Subscriber&&) noexcept;
+  Subscriber& operator=(Subscriber&&) noexcept;
+  ~Subscriber();  // gives the subscriber slot back (unsubscribe)
+  std::optional<Sample> try_receive() noexcept;
+  // Wait up to `timeout` (spin, then park on the futex). Errc::timed_out when nothing came.
+  Result<Sample> receive(std::chrono::nanoseconds timeout);
+  std::string topic() const;
+  std::uint32_t slot() const;
+
+ private:
+  friend class Client;
+  explicit Subscriber(std::shared_ptr<detail::PortState> p) : p_(std::move(p)) {}
+  std::shared_ptr<detail::PortState> p_;
+};
+
+class Producer {
+ public:
+  Producer(Producer&&) noexcept;
+  Producer& operator=(Producer&&) noexcept;
+  ~Producer();
+  Result<Loan> loan(std::size_t size, std::chrono::nanoseconds timeout = std::chrono::seconds(1));
+  // Enqueue; when the queue is full waits up to `timeout` (back-pressure), then Errc::timed_out and the
+  // message is not enqueued.
+  Status publish(Loan&& loan, const Attributes& attrs = {},
+                 std::chrono::nanoseconds timeout = std::chrono::seconds(1));
+  Status publish(std::span<const std::byte> bytes, const Attributes& attrs = {},
+                 std::chrono::nanoseconds timeout = std::chrono::seconds(1));
+  Status publish(std::string_view text, const Attributes& attrs = {},
+                 std::chrono::nanoseconds timeout = std::chrono::seconds(1));
+  std::string topic() const;
+  std::size_t max_size() const;
+
+ private:
+  friend class Client;
+  explicit Producer(std::shared_ptr<detail::PortState> p) : p_(std::move(p)) {}
+  std::shared_ptr<detail::PortState> p_;
+};
+
+class Consumer {
+ public:
+  Consumer(Consumer&&) noexcept;
+  Consumer& operator=(Consumer&&) noexcept;
+  ~Consumer();
+  std::optional<Delivery> try_receive() noexcept;
+  Result<Delivery> receive(std::chrono::nanoseconds timeout);
+  std::string topic() const;
+
+ private:
+  friend class Client;
+  explicit Consumer(std::shared_ptr<detail::PortState> p) : p_(std::move(p)) {}
+  std::shared_ptr<detail::PortState> p_;
+};
+
+class Client {
+ public:
+  // Connect to the domain's broker (starting one if none runs and autostart is on).
+  static Result<Client> connect(const ClientOptions& options = {});
+  Client(Client&&) noexcept;
+  Client& operator=(Client&&) noexcept;
+  ~Client();
+
+  Result<Publisher> publisher(std::string_view topic);
+  Result<Subscriber> subscriber(std::string_view topic, const SubscriberOptions& options = {});
+  Result<Producer> producer(std::string_view topic);
+  Result<Consumer> consumer(std::string_view topic);
+
+  Status create_topic(std::string_view name, const TopicOptions& options);
+  Status delete_topic(std::string_view name);
+  // A raw control call (what the `shmbus` command uses for status, topics, stats, stop).
+  Result<nlohmann::json> request(const nlohmann::json& message);
+
+  const std::string& domain() const;
+  // True while the control connection is up (it reconnects on its own after a broker restart).
+  bool connected() const;
+
+ private:
+  explicit Client(std::shared_ptr<detail::ClientCore> core) : core_(std::move(core)) {}
+  std::shared_ptr<detail::ClientCore> core_;
+};
+
+// Start a broker for `domain` in the background (`shmbus broker --autostart`), as Client::connect() does.
+// The binary is $SHMBUS_BROKER if set, else `shmbus` next to the running program, else `shmbus` on PATH.
+Status spawn_broker(std::string_view domain);
+
+}  // namespace shmbus

@@ -1,0 +1,296 @@
+// Topics in shared memory: the topic directory (one segment per domain, written only by the broker) and
+// the topic segments (one per topic) that carry messages.
+//
+// A topic segment holds a ChunkPool whose chunks carry one message each: a 64-byte MessageHeader, up to
+// `attrs_max` bytes of attributes, then up to `max_size` payload bytes. Every chunk is always in exactly
+// one place (see chunk_pool.hpp), so whatever a killed process held is returned by the broker's reclaim.
+//
+//  - kind queue:  one message ring (pool ring 1) shared by all consumers. A producer allocates a chunk,
+//    writes it and pushes it; a consumer pops it (each message reaches one consumer), and acks
+//    (release) or nacks (push back, flagged redelivered). A consumer that dies before acking has its
+//    chunks pushed back by reclaim(redeliver).
+//  - kind stream: one ring per subscriber (pool ring 1 + slot). The broker activates a SubscriberSlot
+//    and sets its bit in `active_mask`; a publisher pushes each message into every active slot's ring:
+//    the last subscriber gets the chunk the publisher wrote (zero copy), the others a copy. When a ring is
+//    full, policy drop-oldest makes the publisher pop the oldest message of that ring and count it in
+//    the slot's `dropped` (the subscriber reports it as missed); policy block makes the publisher wait
+//    on `space` until the deadline.
+//
+// Processes: the broker creates topic segments, activates and frees subscriber slots, drains rings and
+// reclaims; clients publish, receive, ack. The data path (TopicHandle's publish/receive) never talks to
+// the broker and takes no lock.
+//
+// Memory ordering: message bytes are published by the pool's hand-over (R5/R3 -> A3/A5, see
+// chunk_pool.hpp). active_mask: the broker drains a slot's ring, then sets the owner and state
+// (relaxed), then sets the bit with a release fetch_or (R7); publishers load the mask with acquire (A7).
+// A publisher that loaded the mask before a bit was cleared may still push into a freed slot's ring;
+// the broker drains free slots again in its periodic sweep, so such a chunk is returned within a sweep.
+// Counters are relaxed: statistics only. Directory entries are seqlocks: the broker makes `version`
+// odd (relaxed store + release fence), writes, then makes it even with release (R8); readers load it with
+// acquire (A8), copy, fence (acquire), and re-load: an odd or changed version means retry.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "shmbus/chunk_pool.hpp"
+#include "shmbus/config.hpp"
+#include "shmbus/eventcount.hpp"
+#include "shmbus/result.hpp"
+#include "shmbus/segment.hpp"
+
+namespace shmbus {
+
+enum class TopicKind : std::uint32_t { stream = 1, queue = 2 };
+enum class Overflow : std::uint32_t { drop_oldest = 1, block = 2 };
+
+const char* to_string(TopicKind k);
+const char* to_string(Overflow o);
+std::optional<TopicKind> parse_kind(std::string_view s);
+std::optional<Overflow> parse_overflow(std::string_view s);
+
+inline constexpr std::uint32_t kMaxSubscribers = kMaxPoolRings - 1;  // 63
+inline constexpr std::size_t kNameCap = 208;                         // bytes reserved for a topic name
+
+struct TopicOptions {
+  TopicKind kind = TopicKind::stream;
+  std::uint64_t depth = 64;       // messages per subscriber ring (stream) or in the queue; rounded up to 2^k
+  std::uint64_t max_size = 4096;  // payload bytes
+  Overflow overflow = Overflow::drop_oldest;  // streams only; queues always give back-pressure
+  std::uint32_t max_subscribers = 8;          // streams only, 1..63
+  std::uint32_t attrs_max = 256;              // bytes of encoded attributes per message
+  unsigned mode = 0600;                       // segment file mode
+};
+
+// Checks ranges; the message names the field and the limit.
+Status check_topic_options(const TopicOptions& o);
+
+// ---- messages ----
+
+struct MessageHeader {
+  std::uint64_t seq;           // the publisher's sequence number, from 1
+  std::uint64_t publisher;     // the publisher's id (OwnerId of its process << 0, xor its port number)
+  std::uint64_t timestamp_ns;  // CLOCK_REALTIME at publish
+  std::uint32_t payload_size;
+  std::uint32_t attrs_size;
+  std::uint32_t flags;  // kMsgRedelivered
+  std::uint32_t reserved0;
+  std::uint64_t reserved[3];
+};
+static_assert(sizeof(MessageHeader) == 64);
+inline constexpr std::uint32_t kMsgRedelivered = 1;
+
+// Attributes: a few key/value pairs, values string or integer. Encoded per entry as
+// u8 type (1 string, 2 int), u8 key length, u16 value length, key bytes, value bytes (int: 8 bytes LE).
+struct AttrValue {
+  bool is_int = false;
+  std::int64_t i = 0;
+  std::string s;
+  friend bool operator==(const AttrValue&, const AttrValue&) = default;
+};
+using Attributes = std::vector<std::pair<std::string, AttrValue>>;
+// Encode into `out` (at most `cap` bytes); false (with a message in *why) if it does not fit or a key is
+// empty or longer than 255 bytes.
+bool encode_attrs(const Attributes& attrs, std::byte* out, std::size_t cap, std::uint32_t* size,
+                  std::string* why);
+// Decode; malformed bytes end the list early (never read past `size`).
+Attributes decode_attrs(const std::byte* in, std::uint32_t size);
+std::optional<AttrValue> find_attr(const std::byte* in, std::uint32_t size, std::string_view key);
+
+// ---- shared layout ----
+
+struct alignas(kCacheLine) SubscriberSlot {
+  std::atomic<std::uint64_t> owner;      // OwnerId of the subscribing process; 0 when free (broker writes)
+  std::atomic<std::uint32_t> state;      // kSlotFree / kSlotActive (broker writes)
+  std::uint32_t ring;                    // its pool ring, 1 + slot index (fixed at creation)
+  std::atomic<std::uint64_t> dropped;    // messages publishers dropped from this ring (drop-oldest)
+  std::atomic<std::uint64_t> delivered;  // messages the subscriber took
+  std::atomic<std::uint64_t> port;       // client-chosen port id, for status
+  std::uint8_t pad[kCacheLine - 40];
+  EventCountShared ec;  // the subscriber sleeps here
+};
+static_assert(sizeof(SubscriberSlot) == 2 * kCacheLine);
+inline constexpr std::uint32_t kSlotFree = 0;
+inline constexpr std::uint32_t kSlotActive = 1;
+
+struct TopicShared {
+  std::uint64_t topic_id;
+  std::uint32_t kind;      // TopicKind
+  std::uint32_t overflow;  // Overflow
+  std::uint64_t depth;     // ring capacity
+  std::uint64_t max_size;
+  std::uint32_t max_subscribers;
+  std::uint32_t attrs_max;
+  std::uint64_t pool_offset;         // Ref<ChunkPoolShared>
+  std::uint64_t subscribers_offset;  // Ref<SubscriberSlot>[max_subscribers] (streams)
+  std::uint32_t name_len;
+  char name[kNameCap];
+  std::uint8_t pad0[kCacheLine - ((52 + kNameCap) % kCacheLine)];
+  alignas(kCacheLine) std::atomic<std::uint64_t> active_mask;  // streams: bit i = slot i active (R7/A7)
+  std::uint8_t pad1[kCacheLine - 8];
+  // Statistics, relaxed. Written by publishers on one line and by receivers on another, so that a
+  // publisher and a subscriber do not bounce one line between them on every message.
+  alignas(kCacheLine) std::atomic<std::uint64_t> published;
+  std::atomic<std::uint64_t> dropped;
+  std::uint8_t pad2[kCacheLine - 16];
+  alignas(kCacheLine) std::atomic<std::uint64_t> delivered;  // queues only; a stream counts per slot
+  std::atomic<std::uint64_t> acked;
+  std::atomic<std::uint64_t> nacked;
+  std::uint8_t pad3[kCacheLine - 24];
+  EventCountShared not_empty;  // queue consumers sleep here
+  EventCountShared space;      // producers / blocking publishers sleep here
+};
+static_assert(offsetof(TopicShared, active_mask) % kCacheLine == 0);
+static_assert(offsetof(TopicShared, published) % kCacheLine == 0);
+static_assert(offsetof(TopicShared, not_empty) % kCacheLine == 0);
+static_assert(std::is_standard_layout_v<TopicShared>);
+
+// ---- the directory ----
+
+inline constexpr std::uint32_t kMaxTopics = 1024;
+
+struct TopicEntry {
+  std::atomic<std::uint64_t> version;  // seqlock: odd while the broker writes (R8/A8)
+  std::uint64_t topic_id;              // 0: free entry
+  std::uint32_t kind;
+  std::uint32_t name_len;
+  char name[kNameCap];
+  std::uint8_t pad[256 - 24 - kNameCap];
+};
+static_assert(sizeof(TopicEntry) == 256);
+
+struct DirectoryShared {
+  std::atomic<std::uint64_t> broker_owner;  // OwnerId of the broker that runs (or ran) the domain
+  std::atomic<std::uint64_t> generation;    // bumped on every change
+  std::uint64_t next_topic_id;              // broker only
+  std::uint32_t max_topics;
+  std::uint32_t reserved;
+  std::uint8_t pad[kCacheLine - 32];
+  TopicEntry entries[kMaxTopics];
+};
+static_assert(offsetof(DirectoryShared, entries) == kCacheLine);
+
+struct TopicInfo {
+  std::uint64_t id = 0;
+  TopicKind kind = TopicKind::stream;
+  std::string name;
+};
+
+// Client side: read the directory (seqlock reads; never blocks on the broker).
+class DirectoryView {
+ public:
+  static Result<DirectoryView> open(std::string_view domain);
+  std::optional<TopicInfo> find(std::string_view name) const;
+  std::vector<TopicInfo> list() const;
+  std::uint64_t generation() const { return d_->generation.load(std::memory_order_acquire); }
+  DirectoryShared* shared() const { return d_; }
+
+ private:
+  std::optional<TopicInfo> read_entry(const TopicEntry& e) const;
+  Segment seg_;
+  DirectoryShared* d_ = nullptr;
+};
+
+// Broker side: create or adopt the directory; add and remove entries (the broker is the only writer).
+class DirectoryWriter {
+ public:
+  // Open and validate an existing directory (adopt), or create one when there is none or it is invalid
+  // (the invalid one is removed; the error it gave is returned in *replaced_reason).
+  static Result<DirectoryWriter> create_or_adopt(std::string_view domain, unsigned mode,
+                                                 std::string* replaced_reason);
+  Result<std::uint64_t> add(std::string_view name, TopicKind kind);  // returns the new topic id
+  bool remove(std::string_view name);
+  std::vector<TopicInfo> list() const;
+  std::optional<TopicInfo> find(std::string_view name) const;
+  DirectoryShared* shared() const { return d_; }
+  void unlink();  // remove the segment's name (shutdown without --keep-segments)
+
+ private:
+  Segment seg_;
+  DirectoryShared* d_ = nullptr;
+  std::string domain_;
+};
+
+// ---- a topic segment ----
+
+class TopicHandle {
+ public:
+  // Broker: create and publish the segment of a new topic.
+  static Result<TopicHandle> create(std::string_view domain, std::uint64_t id, std::string_view name,
+                                    const TopicOptions& options);
+  // Anyone: open and validate an existing topic segment.
+  static Result<TopicHandle> open(std::string_view domain, std::uint64_t id);
+  static Status remove(std::string_view domain, std::uint64_t id);
+
+  TopicHandle() = default;
+  TopicHandle(TopicHandle&&) noexcept = default;
+  TopicHandle& operator=(TopicHandle&&) noexcept = default;
+
+  TopicShared* shared() const { return t_; }
+  ChunkPool& pool() { return pool_; }
+  const ChunkPool& pool() const { return pool_; }
+  const Segment& segment() const { return seg_; }
+  TopicKind kind() const { return static_cast<TopicKind>(t_->kind); }
+  Overflow overflow() const { return static_cast<Overflow>(t_->overflow); }
+  std::string name() const { return std::string(t_->name, t_->name_len); }
+  std::size_t max_size() const { return t_->max_size; }
+  std::uint32_t attrs_max() const { return t_->attrs_max; }
+  SubscriberSlot* slot(std::uint32_t i) const { return slots_ + i; }
+  std::uint32_t max_subscribers() const { return t_->max_subscribers; }
+
+  // Message layout inside a chunk.
+  MessageHeader* header(std::uint32_t chunk) const {
+    return reinterpret_cast<MessageHeader*>(pool_.data(chunk));
+  }
+  std::byte* attrs(std::uint32_t chunk) const { return pool_.data(chunk) + sizeof(MessageHeader); }
+  std::byte* payload(std::uint32_t chunk) const {
+    return pool_.data(chunk) + sizeof(MessageHeader) + t_->attrs_max;
+  }
+
+  // ---- data path (clients) ----
+  enum class IoStatus : std::uint8_t { ok, no_chunk, full, timed_out, no_subscribers };
+  // Stream: deliver the held chunk to every active subscriber (the chunk is given away in all cases).
+  // Waits up to `deadline` only under policy block. Returns ok, or timed_out when some subscriber's
+  // ring stayed full (those subscribers miss this message; counted in `dropped`).
+  IoStatus publish_stream(std::uint32_t chunk, std::chrono::steady_clock::time_point deadline) noexcept;
+  // Queue: push the held chunk; full -> wait for space until `deadline` (then timed_out; still held).
+  IoStatus push_queue(std::uint32_t chunk, std::chrono::steady_clock::time_point deadline) noexcept;
+  // Allocate a chunk, waiting for one until `deadline` (back-pressure).
+  IoStatus allocate(std::uint32_t& chunk, std::chrono::steady_clock::time_point deadline) noexcept;
+  // Give back a chunk (a released sample, an acked delivery) and wake a blocked publisher if any.
+  void release(std::uint32_t chunk) noexcept;
+
+  // ---- broker ----
+  // Activate a free subscriber slot for `owner`; returns its index. Drains the slot's ring first.
+  Result<std::uint32_t> activate_slot(OwnerId owner, std::uint64_t port);
+  // Re-activate a given slot for an owner that reconnects after a broker restart (idempotent).
+  Status adopt_slot(std::uint32_t slot, OwnerId owner, std::uint64_t port);
+  void free_slot(std::uint32_t slot);
+  // Return the chunks in the rings of free slots (stragglers pushed after a slot was freed).
+  std::uint64_t drain_free_slots();
+  // Reclaim what `dead` held (queue: redeliver; stream: free), free its slots.
+  ReclaimReport reclaim(OwnerId dead);
+  // Owners named in chunk owner words or slots that are no longer running.
+  std::vector<OwnerId> dead_owners() const;
+  std::uint32_t active_subscribers() const;
+  std::uint64_t queued_messages() const;  // messages in the rings now
+  // Messages taken by receivers: for a queue the topic counter; for a stream the active slots' counters
+  // plus those of freed slots (free_slot() folds a slot's count into the topic's).
+  std::uint64_t delivered_total() const;
+
+ private:
+  std::uint64_t drain_ring(std::uint32_t ring);
+  void retry_held();
+  std::vector<std::uint32_t> held_;  // broker: redeliveries that met a full ring, retried by the sweep
+  Segment seg_;
+  TopicShared* t_ = nullptr;
+  SubscriberSlot* slots_ = nullptr;
+  ChunkPool pool_;
+};
+
+}  // namespace shmbus

@@ -1,0 +1,299 @@
+// Topic segments and the directory, driven directly (the broker's calls and the data path), without a
+// broker process.
+#include "shmbus/topic.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+
+#include "shmbus/paths.hpp"
+#include "test_util.hpp"
+
+namespace shmbus {
+namespace {
+
+using namespace std::chrono_literals;
+
+std::string unique_domain() {
+  static int n = 0;
+  return "td" + std::to_string(getpid()) + "x" + std::to_string(n++);
+}
+
+struct TopicFixture {
+  std::string domain = unique_domain();
+  std::uint64_t id = 1;
+  TopicHandle t;
+  explicit TopicFixture(TopicOptions o, std::string name = "a.b") {
+    auto h = TopicHandle::create(domain, id, name, o);
+    EXPECT_TRUE(h) << h.error().message();
+    t = std::move(h).value();
+  }
+  ~TopicFixture() { (void)TopicHandle::remove(domain, id); }
+
+  std::uint32_t write(const std::string& text, std::uint64_t seq) {
+    std::uint32_t c = 0;
+    EXPECT_EQ(t.allocate(c, std::chrono::steady_clock::now()), TopicHandle::IoStatus::ok);
+    MessageHeader* h = t.header(c);
+    h->seq = seq;
+    h->payload_size = static_cast<std::uint32_t>(text.size());
+    h->attrs_size = 0;
+    std::memcpy(t.payload(c), text.data(), text.size());
+    return c;
+  }
+  std::string take(std::uint32_t ring) {
+    std::uint32_t c;
+    if (t.pool().try_pop(ring, c) != RingStatus::ok) return "<none>";
+    std::string s(reinterpret_cast<char*>(t.payload(c)), t.header(c)->payload_size);
+    t.release(c);
+    return s;
+  }
+};
+
+TEST(TopicNameTest, ValidNamesPass) {
+  EXPECT_TRUE(check_topic_name("a"));
+  EXPECT_TRUE(check_topic_name("sensors.left-1.temp_c"));
+  EXPECT_TRUE(check_topic_name(std::string(200, 'x')));
+}
+
+TEST(TopicNameTest, InvalidNamesNameOffsetAndReason) {
+  auto e = check_topic_name("a..b");
+  ASSERT_FALSE(e);
+  EXPECT_NE(e.error().message().find("empty token at offset 2"), std::string::npos) << e.error().message();
+  e = check_topic_name("a.*");
+  ASSERT_FALSE(e);
+  EXPECT_NE(e.error().message().find("wildcard '*' at offset 2"), std::string::npos) << e.error().message();
+  e = check_topic_name("orders.>");
+  ASSERT_FALSE(e);
+  EXPECT_NE(e.error().message().find("offset 7"), std::string::npos);
+  e = check_topic_name("a b");
+  ASSERT_FALSE(e);
+  EXPECT_NE(e.error().message().find("' ' at offset 1"), std::string::npos) << e.error().message();
+  EXPECT_FALSE(check_topic_name(""));
+  EXPECT_FALSE(check_topic_name(".a"));
+  EXPECT_FALSE(check_topic_name("a."));
+  EXPECT_FALSE(check_topic_name(std::string(201, 'x')));
+}
+
+TEST(TopicOptionsTest, RangesAreChecked) {
+  EXPECT_FALSE(check_topic_options({.depth = 0}));
+  EXPECT_FALSE(check_topic_options({.max_size = 0}));
+  EXPECT_FALSE(check_topic_options({.max_subscribers = 64}));
+  EXPECT_TRUE(check_topic_options({}));
+}
+
+TEST(AttrsTest, RoundTripStringsAndIntegers) {
+  std::byte buf[256];
+  std::uint32_t n = 0;
+  Attributes in = {{"unit", {.s = "C"}}, {"priority", {.is_int = true, .i = -5}}, {"empty", {}}};
+  ASSERT_TRUE(encode_attrs(in, buf, sizeof buf, &n, nullptr));
+  EXPECT_EQ(decode_attrs(buf, n), in);
+  auto p = find_attr(buf, n, "priority");
+  ASSERT_TRUE(p);
+  EXPECT_TRUE(p->is_int);
+  EXPECT_EQ(p->i, -5);
+  EXPECT_FALSE(find_attr(buf, n, "missing"));
+}
+
+TEST(AttrsTest, TooBigOrBadKeyIsRefusedAndTruncatedInputIsSafe) {
+  std::byte buf[16];
+  std::uint32_t n = 0;
+  std::string why;
+  EXPECT_FALSE(encode_attrs({{"key", {.s = std::string(100, 'v')}}}, buf, sizeof buf, &n, &why));
+  EXPECT_NE(why.find("16 bytes"), std::string::npos) << why;
+  EXPECT_FALSE(encode_attrs({{"", {.s = "x"}}}, buf, sizeof buf, &n, &why));
+  std::byte big[64];
+  ASSERT_TRUE(encode_attrs({{"k", {.s = "value"}}}, big, sizeof big, &n, nullptr));
+  EXPECT_TRUE(decode_attrs(big, n - 1).empty());  // cut short: nothing past the end is read
+}
+
+TEST(TopicTest, CreateThenOpenSeesTheSameTopic) {
+  TopicFixture f({.kind = TopicKind::stream, .depth = 5, .max_size = 100, .max_subscribers = 3});
+  auto o = TopicHandle::open(f.domain, f.id);
+  ASSERT_TRUE(o) << o.error().message();
+  EXPECT_EQ(o->name(), "a.b");
+  EXPECT_EQ(o->kind(), TopicKind::stream);
+  EXPECT_EQ(o->shared()->depth, 8u);  // rounded up to a power of two
+  EXPECT_EQ(o->max_subscribers(), 3u);
+  EXPECT_EQ(o->max_size(), 100u);
+}
+
+TEST(TopicTest, StreamFansOutToEveryActiveSubscriberInOrder) {
+  TopicFixture f({.kind = TopicKind::stream, .depth = 8, .max_size = 64, .max_subscribers = 4});
+  auto s0 = f.t.activate_slot(OwnerId::self(), 1);
+  auto s1 = f.t.activate_slot(OwnerId::self(), 2);
+  ASSERT_TRUE(s0 && s1);
+  EXPECT_EQ(f.t.active_subscribers(), 2u);
+  for (int i = 0; i < 5; ++i)
+    ASSERT_EQ(f.t.publish_stream(f.write("m" + std::to_string(i), i + 1), std::chrono::steady_clock::now()),
+              TopicHandle::IoStatus::ok);
+  for (std::uint32_t s : {*s0, *s1})
+    for (int i = 0; i < 5; ++i) EXPECT_EQ(f.take(f.t.slot(s)->ring), "m" + std::to_string(i));
+  auto c = f.t.pool().census();
+  EXPECT_TRUE(c.violations.empty());
+  EXPECT_EQ(c.free, f.t.pool().chunk_count());
+}
+
+TEST(TopicTest, PublishWithoutSubscribersReturnsTheChunk) {
+  TopicFixture f({.kind = TopicKind::stream});
+  EXPECT_EQ(f.t.publish_stream(f.write("x", 1), std::chrono::steady_clock::now()),
+            TopicHandle::IoStatus::no_subscribers);
+  EXPECT_EQ(f.t.pool().census().free, f.t.pool().chunk_count());
+}
+
+TEST(TopicTest, DropOldestCountsWhatTheSlowSubscriberMissed) {
+  TopicFixture f({.kind = TopicKind::stream,
+                  .depth = 4,
+                  .max_size = 16,
+                  .overflow = Overflow::drop_oldest,
+                  .max_subscribers = 1});
+  const std::uint32_t s = f.t.activate_slot(OwnerId::self(), 1).value();
+  for (int i = 0; i < 10; ++i)
+    ASSERT_EQ(f.t.publish_stream(f.write(std::to_string(i), i + 1), std::chrono::steady_clock::now()),
+              TopicHandle::IoStatus::ok);
+  EXPECT_EQ(f.t.slot(s)->dropped.load(), 6u);
+  for (int i = 6; i < 10; ++i) EXPECT_EQ(f.take(f.t.slot(s)->ring), std::to_string(i));  // the newest 4
+  EXPECT_EQ(f.t.shared()->dropped.load(), 6u);
+}
+
+TEST(TopicTest, BlockPolicyWaitsThenTimesOutAndCountsTheMiss) {
+  TopicFixture f({.kind = TopicKind::stream,
+                  .depth = 2,
+                  .max_size = 16,
+                  .overflow = Overflow::block,
+                  .max_subscribers = 1});
+  const std::uint32_t s = f.t.activate_slot(OwnerId::self(), 1).value();
+  for (int i = 0; i < 2; ++i)
+    ASSERT_EQ(f.t.publish_stream(f.write("k", 1), std::chrono::steady_clock::now()),
+              TopicHandle::IoStatus::ok);
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(f.t.publish_stream(f.write("late", 3), t0 + 30ms), TopicHandle::IoStatus::timed_out);
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, 30ms);
+  EXPECT_EQ(f.t.slot(s)->dropped.load(), 1u);
+  EXPECT_EQ(f.t.pool().census().violations.size(), 0u);
+}
+
+TEST(TopicTest, QueueGivesEachMessageToOneConsumerAndBackPressures) {
+  TopicFixture f({.kind = TopicKind::queue, .depth = 4, .max_size = 16});
+  for (int i = 0; i < 4; ++i)
+    ASSERT_EQ(f.t.push_queue(f.write(std::to_string(i), i + 1), std::chrono::steady_clock::now()),
+              TopicHandle::IoStatus::ok);
+  const std::uint32_t extra = f.write("x", 9);
+  EXPECT_EQ(f.t.push_queue(extra, std::chrono::steady_clock::now() + 10ms), TopicHandle::IoStatus::timed_out);
+  f.t.release(extra);  // still ours after the timeout
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(f.take(1), std::to_string(i));
+  EXPECT_EQ(f.take(1), "<none>");
+}
+
+TEST(TopicTest, FreedSlotIsDrainedAndStragglersAreSwept) {
+  TopicFixture f({.kind = TopicKind::stream, .depth = 4, .max_size = 16, .max_subscribers = 2});
+  const std::uint32_t s = f.t.activate_slot(OwnerId::self(), 1).value();
+  ASSERT_EQ(f.t.publish_stream(f.write("a", 1), std::chrono::steady_clock::now()), TopicHandle::IoStatus::ok);
+  f.t.free_slot(s);
+  EXPECT_EQ(f.t.active_subscribers(), 0u);
+  EXPECT_EQ(f.t.pool().census().free, f.t.pool().chunk_count());
+  // A publisher that read the mask before the slot was freed pushes into its ring afterwards.
+  const std::uint32_t c = f.write("late", 2);
+  ASSERT_EQ(f.t.pool().try_push(f.t.slot(s)->ring, c), RingStatus::ok);
+  EXPECT_EQ(f.t.drain_free_slots(), 1u);
+  EXPECT_EQ(f.t.pool().census().free, f.t.pool().chunk_count());
+}
+
+TEST(TopicTest, AllSlotsTakenIsAClearError) {
+  TopicFixture f({.kind = TopicKind::stream, .max_subscribers = 1});
+  ASSERT_TRUE(f.t.activate_slot(OwnerId::self(), 1));
+  auto e = f.t.activate_slot(OwnerId::self(), 2);
+  ASSERT_FALSE(e);
+  EXPECT_EQ(e.error().code(), Errc::no_space);
+  EXPECT_NE(e.error().message().find("max_subscribers"), std::string::npos);
+}
+
+TEST(TopicTest, ReclaimOfADeadSubscriberFreesItsSlotAndItsSamples) {
+  TopicFixture f({.kind = TopicKind::stream, .depth = 4, .max_size = 16, .max_subscribers = 2});
+  const std::string domain = f.domain;
+  int ready[2];
+  ASSERT_EQ(pipe(ready), 0);
+  // A real subscriber process: takes one sample, holds it, and is killed.
+  const std::uint32_t slot = f.t.activate_slot(OwnerId::self(), 1).value();  // re-owned below
+  const pid_t pid = test::fork_child([&] {
+    auto t = TopicHandle::open(domain, 1);
+    if (!t) return 2;
+    std::uint32_t c;
+    while (t->pool().try_pop(t->slot(slot)->ring, c) != RingStatus::ok) usleep(100);
+    char b = 1;
+    if (write(ready[1], &b, 1) != 1) return 3;
+    pause();
+    return 0;
+  });
+  const auto child = OwnerId::of(pid).value();
+  f.t.free_slot(slot);
+  ASSERT_TRUE(f.t.adopt_slot(slot, child, 7));
+  for (int i = 0; i < 3; ++i)
+    ASSERT_EQ(f.t.publish_stream(f.write("z", i + 1), std::chrono::steady_clock::now()),
+              TopicHandle::IoStatus::ok);
+  char b;
+  ASSERT_EQ(read(ready[0], &b, 1), 1);
+  kill(pid, SIGKILL);
+  auto r = test::wait_child(pid);
+  ASSERT_EQ(r.signal, SIGKILL);
+  auto dead = f.t.dead_owners();
+  ASSERT_EQ(dead.size(), 1u);
+  EXPECT_EQ(dead[0], child);
+  auto rep = f.t.reclaim(child);
+  EXPECT_EQ(rep.freed, 1u);  // the sample it held; the two queued ones went with the slot's drain
+  EXPECT_EQ(f.t.active_subscribers(), 0u);
+  auto c = f.t.pool().census();
+  EXPECT_TRUE(c.violations.empty());
+  EXPECT_EQ(c.free, f.t.pool().chunk_count());
+  close(ready[0]);
+  close(ready[1]);
+}
+
+TEST(DirectoryTest, AddFindRemoveAndAdopt) {
+  const std::string domain = unique_domain();
+  std::string why;
+  {
+    auto w = DirectoryWriter::create_or_adopt(domain, 0600, &why);
+    ASSERT_TRUE(w) << w.error().message();
+    auto id = w->add("orders.new", TopicKind::queue);
+    ASSERT_TRUE(id);
+    EXPECT_EQ(w->add("orders.new", TopicKind::queue).error().code(), Errc::already_exists);
+    EXPECT_EQ(w->add("bad..name", TopicKind::queue).error().code(), Errc::invalid_argument);
+    ASSERT_TRUE(w->add("t2", TopicKind::stream));
+    auto v = DirectoryView::open(domain);
+    ASSERT_TRUE(v) << v.error().message();
+    auto e = v->find("orders.new");
+    ASSERT_TRUE(e);
+    EXPECT_EQ(e->id, *id);
+    EXPECT_EQ(e->kind, TopicKind::queue);
+    EXPECT_EQ(v->list().size(), 2u);
+    EXPECT_TRUE(w->remove("t2"));
+    EXPECT_FALSE(v->find("t2"));
+  }
+  // A second writer (a restarted broker) adopts what is there.
+  auto w2 = DirectoryWriter::create_or_adopt(domain, 0600, &why);
+  ASSERT_TRUE(w2);
+  EXPECT_TRUE(why.empty());
+  ASSERT_EQ(w2->list().size(), 1u);
+  EXPECT_EQ(w2->list()[0].name, "orders.new");
+  auto id3 = w2->add("t3", TopicKind::stream);
+  ASSERT_TRUE(id3);
+  EXPECT_GT(*id3, w2->list()[0].id);  // ids are never reused
+  w2->unlink();
+}
+
+TEST(DirectoryTest, ForeignDirectoryIsReplacedWithAReason) {
+  const std::string domain = unique_domain();
+  {
+    auto s = Segment::create(directory_segment_name(domain), {.size = 4096, .kind = "other"});
+    ASSERT_TRUE(s);
+    s->publish();
+  }
+  std::string why;
+  auto w = DirectoryWriter::create_or_adopt(domain, 0600, &why);
+  ASSERT_TRUE(w) << w.error().message();
+  EXPECT_NE(why.find("expected a \"directory\""), std::string::npos) << why;
+  w->unlink();
+}
+
+}  // namespace
+}  // namespace shmbus
