@@ -245,6 +245,14 @@ bool ChunkPool::cell_holds(std::uint32_t ring, std::uint64_t pos, std::uint32_t 
   return r.cell(pos).load(std::memory_order_acquire) == MpmcRing::full(r.lap(pos), idx);
 }
 
+bool ChunkPool::in_ring(std::uint32_t idx) const noexcept {
+  const ChunkHeader& h = headers_[idx];
+  const std::uint64_t o = h.owner.load(std::memory_order_acquire);
+  if (!is_queued(o) || queued_ring(o) >= ring_count_) return false;
+  const std::uint64_t pos = h.queued_pos.load(std::memory_order_relaxed);
+  return (pos & kPosMask) == (o & kPosMask) && cell_holds(queued_ring(o), pos, idx);
+}
+
 ReclaimReport ChunkPool::reclaim(OwnerId dead, Policy policy) {
   ReclaimReport rep;
   const OwnerId self = OwnerId::self();

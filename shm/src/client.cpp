@@ -2,6 +2,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -43,16 +44,26 @@ struct ClientCore {
   std::vector<std::weak_ptr<PortState>> subscribers;
   std::atomic<std::uint64_t> next_port{1};
 
+  int wake = -1;  // eventfd: wakes the monitor thread at shutdown instead of waiting out its poll
+
   ~ClientCore() {
     stopping.store(true);
+    if (wake >= 0) {
+      const std::uint64_t one = 1;
+      [[maybe_unused]] ssize_t n = ::write(wake, &one, sizeof one);
+    }
     if (monitor.joinable()) monitor.join();
     if (fd >= 0) ::close(fd);
+    if (wake >= 0) ::close(wake);
   }
 
   // Connect and say hello; with `spawn`, start a broker when none answers. Caller holds mu.
   Status connect_locked(bool spawn);
   Status reattach_locked();
-  Result<nlohmann::json> call(const nlohmann::json& req);
+  // A control call. With `reconnect`, a lost connection is re-established (autostarting a broker if
+  // allowed) and the call retried once; without, it fails with Errc::unavailable.
+  Result<nlohmann::json> call(const nlohmann::json& req, bool reconnect = true);
+  void sleep_or_wake(std::chrono::milliseconds d);
   Result<std::shared_ptr<TopicHandle>> open_topic(std::string_view name, TopicInfo* info);
   void watch();
 };
@@ -126,13 +137,14 @@ Status ClientCore::reattach_locked() {
   return {};
 }
 
-Result<nlohmann::json> ClientCore::call(const nlohmann::json& req) {
+Result<nlohmann::json> ClientCore::call(const nlohmann::json& req, bool reconnect) {
   std::lock_guard<std::mutex> lock(mu);
   if (!connected.load()) {
+    if (!reconnect) return Error(Errc::unavailable, "not connected to the broker of domain " + qname(domain));
     if (auto st = connect_locked(true); !st) return st.error();
   }
   auto r = control::call(fd, req, 10000ms);
-  if (!r && r.error().code() == Errc::closed) {  // the broker went away: one reconnect, then retry once
+  if (!r && r.error().code() == Errc::closed && reconnect) {  // the broker went away: reconnect, retry once
     connected.store(false);
     if (auto st = connect_locked(true); !st) return st.error();
     r = control::call(fd, req, 10000ms);
@@ -151,20 +163,26 @@ void ClientCore::watch() {
         std::lock_guard<std::mutex> lock(mu);
         f = fd;
       }
-      pollfd p{f, POLLRDHUP, 0};
-      const int n = ::poll(&p, 1, 100);
-      if (n > 0 && (p.revents & (POLLHUP | POLLRDHUP | POLLERR | POLLNVAL))) {
+      pollfd p[2] = {{f, POLLRDHUP, 0}, {wake, POLLIN, 0}};
+      const int n = ::poll(p, 2, 1000);
+      if (n > 0 && (p[0].revents & (POLLHUP | POLLRDHUP | POLLERR | POLLNVAL))) {
         std::lock_guard<std::mutex> lock(mu);
         if (fd == f) connected.store(false);
       }
       backoff = 20ms;
       continue;
     }
-    std::this_thread::sleep_for(backoff);
+    sleep_or_wake(backoff);
+    if (stopping.load()) break;
     std::lock_guard<std::mutex> lock(mu);
     if (!connected.load() && !connect_locked(true))
       backoff = std::min<std::chrono::milliseconds>(backoff * 2, 1000ms);
   }
+}
+
+void ClientCore::sleep_or_wake(std::chrono::milliseconds d) {
+  pollfd p{wake, POLLIN, 0};
+  ::poll(&p, 1, static_cast<int>(d.count()));
 }
 
 Result<std::shared_ptr<TopicHandle>> ClientCore::open_topic(std::string_view topic_name, TopicInfo* info) {
@@ -347,6 +365,7 @@ Status fill_and_send(PortState& p, TopicHandle*& loan_topic, std::uint32_t chunk
   h->timestamp_ns = realtime_ns();
   h->payload_size = static_cast<std::uint32_t>(size);
   h->flags = 0;
+  h->missed_before = 0;
   const auto deadline = deadline_after(timeout);
   if (t.kind() == TopicKind::queue) {
     if (t.push_queue(chunk, deadline) != TopicHandle::IoStatus::ok) {
@@ -435,7 +454,8 @@ Subscriber::~Subscriber() {
   p_->subscribed = false;
   // Best effort: if the broker is gone, the slot is freed when it sees this process die or the
   // connection drop.
-  (void)p_->core->call({{"op", "unsubscribe"}, {"name", p_->name}, {"slot", p_->slot}});
+  // Never reconnect (or autostart a broker) just to unsubscribe.
+  (void)p_->core->call({{"op", "unsubscribe"}, {"name", p_->name}, {"slot", p_->slot}}, false);
 }
 
 std::optional<Sample> Subscriber::try_receive() noexcept {
@@ -446,7 +466,7 @@ std::optional<Sample> Subscriber::try_receive() noexcept {
   SubscriberSlot* s = t.slot(p.slot);
   s->delivered.fetch_add(1, std::memory_order_relaxed);  // relaxed: a statistic on the slot's own line
   const std::uint64_t dropped = s->dropped.load(std::memory_order_relaxed);
-  const std::uint64_t missed = dropped - p.last_dropped;
+  const std::uint64_t missed = dropped - p.last_dropped + t.header(c)->missed_before;
   p.last_dropped = dropped;
   if (t.overflow() == Overflow::block)
     EventCount(&t.shared()->space).notify();  // a publisher may wait for room
@@ -518,6 +538,8 @@ Result<Client> Client::connect(const ClientOptions& options) {
     std::lock_guard<std::mutex> lock(core->mu);
     if (auto st = core->connect_locked(true); !st) return st.error();
   }
+  core->wake = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (core->wake < 0) return Error::from_errno(errno, "eventfd for the client's monitor thread");
   core->monitor = std::thread([c = core.get()] { c->watch(); });
   return Client(std::move(core));
 }

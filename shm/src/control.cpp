@@ -90,15 +90,15 @@ Status send_frame(int fd, const nlohmann::json& message) {
   return {};
 }
 
-Result<nlohmann::json> recv_frame(int fd, std::chrono::milliseconds timeout) {
+Result<nlohmann::json> recv_frame(int fd, std::chrono::milliseconds timeout, std::size_t max) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   unsigned char len[4];
   if (auto st = read_full(fd, len, 4, deadline); !st) return st.error();
   const std::uint32_t n =
       len[0] | (len[1] << 8) | (len[2] << 16) | (static_cast<std::uint32_t>(len[3]) << 24);
-  if (n > kMaxFrame)
+  if (n > max)
     return Error(Errc::too_large,
-                 "control frame of " + std::to_string(n) + " bytes exceeds " + std::to_string(kMaxFrame));
+                 "control frame of " + std::to_string(n) + " bytes exceeds " + std::to_string(max));
   std::string body(n, '\0');
   if (auto st = read_full(fd, body.data(), n, deadline); !st) return st.error();
   auto j = nlohmann::json::parse(body, nullptr, false);

@@ -23,8 +23,10 @@ bool ensure_dir(const std::string& path, mode_t mode) {
     return true;
   }
   struct stat st {};
+  // An existing directory needs search permission only: clients just connect to the socket in it (a
+  // group member of a shared domain may have r-x); the broker's own file creation reports its errors.
   return errno == EEXIST && ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode) &&
-         ::access(path.c_str(), W_OK | X_OK) == 0;
+         ::access(path.c_str(), X_OK) == 0;
 }
 
 }  // namespace

@@ -462,7 +462,7 @@ TopicHandle::IoStatus TopicHandle::publish_stream(std::uint32_t chunk,
     if (mask != 0) {  // not the last subscriber: give it a copy
       if (allocate(c, overflow() == Overflow::block ? deadline : std::chrono::steady_clock::now()) !=
           IoStatus::ok) {
-        slots_[i].dropped.fetch_add(1, std::memory_order_relaxed);
+        slots_[i].gap.fetch_add(1, std::memory_order_relaxed);  // reported by its next message
         t_->dropped.fetch_add(1, std::memory_order_relaxed);
         result = IoStatus::timed_out;
         continue;
@@ -471,6 +471,9 @@ TopicHandle::IoStatus TopicHandle::publish_stream(std::uint32_t chunk,
     }
     SubscriberSlot& s = slots_[i];
     EventCount space(&t_->space);
+    // The chunk is ours alone (a copy, or the original for the last subscriber): stamp the tail misses.
+    const auto gap = static_cast<std::uint32_t>(s.gap.exchange(0, std::memory_order_relaxed));
+    header(c)->missed_before = gap;
     for (;;) {
       if (pool_.try_push(s.ring, c) == RingStatus::ok) {
         EventCount(&s.ec).notify();
@@ -495,7 +498,7 @@ TopicHandle::IoStatus TopicHandle::publish_stream(std::uint32_t chunk,
       if (left <= std::chrono::nanoseconds::zero()) {
         space.cancel_wait();
         release(c);
-        s.dropped.fetch_add(1, std::memory_order_relaxed);
+        s.gap.fetch_add(gap + 1, std::memory_order_relaxed);  // this one and those it was to report
         t_->dropped.fetch_add(1, std::memory_order_relaxed);
         result = IoStatus::timed_out;
         break;
@@ -548,6 +551,7 @@ Status TopicHandle::adopt_slot(std::uint32_t i, OwnerId owner, std::uint64_t por
   s.owner.store(owner.value, std::memory_order_relaxed);
   s.port.store(port, std::memory_order_relaxed);
   s.dropped.store(0, std::memory_order_relaxed);
+  s.gap.store(0, std::memory_order_relaxed);
   s.delivered.store(0, std::memory_order_relaxed);
   EventCount(&s.ec).reset_sleepers();
   s.state.store(kSlotActive, std::memory_order_relaxed);
@@ -613,7 +617,11 @@ std::vector<OwnerId> TopicHandle::dead_owners() const {
   };
   for (std::uint32_t i = 0; i < pool_.chunk_count(); ++i) {
     const std::uint64_t o = pool_.header(i).owner.load(std::memory_order_acquire);
-    consider(ChunkPool::is_queued(o) ? pool_.header(i).pusher.load(std::memory_order_relaxed) : o);
+    if (!ChunkPool::is_queued(o)) {
+      consider(o);
+    } else if (!pool_.in_ring(i)) {  // a push its pusher may not have finished
+      consider(pool_.header(i).pusher.load(std::memory_order_relaxed));
+    }
   }
   for (std::uint32_t i = 0; i < t_->max_subscribers; ++i)
     if (slots_[i].state.load(std::memory_order_relaxed) == kSlotActive)

@@ -160,6 +160,8 @@ class ChunkPool {
   // Walk every chunk and every ring; report where each chunk is and any chunk that is not in exactly
   // one place. Only meaningful while no process operates on the pool (tests, a quiescent broker).
   PoolCensus census() const;
+  // True when chunk idx sits, complete, in the ring cell its stamp names (its push finished).
+  bool in_ring(std::uint32_t idx) const noexcept;
 
   // Owner-word encoding (public for tests and the broker's stats).
   static constexpr std::uint64_t kQueuedBit = 1ULL << 63;

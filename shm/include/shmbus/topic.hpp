@@ -13,8 +13,10 @@
 //    and sets its bit in `active_mask`; a publisher pushes each message into every active slot's ring:
 //    the last subscriber gets the chunk the publisher wrote (zero copy), the others a copy. When a ring is
 //    full, policy drop-oldest makes the publisher pop the oldest message of that ring and count it in
-//    the slot's `dropped` (the subscriber reports it as missed); policy block makes the publisher wait
-//    on `space` until the deadline.
+//    the slot's `dropped` (the subscriber reports the count since its last receive as missed, on the
+//    message that follows the dropped ones); policy block makes the publisher wait on `space` until
+//    the deadline, and a message that times out is counted in the slot's `gap`, which the next message
+//    pushed to that slot carries in MessageHeader::missed_before.
 //
 // Processes: the broker creates topic segments, activates and frees subscriber slots, drains rings and
 // reclaims; clients publish, receive, ack. The data path (TopicHandle's publish/receive) never talks to
@@ -78,8 +80,8 @@ struct MessageHeader {
   std::uint64_t timestamp_ns;  // CLOCK_REALTIME at publish
   std::uint32_t payload_size;
   std::uint32_t attrs_size;
-  std::uint32_t flags;  // kMsgRedelivered
-  std::uint32_t reserved0;
+  std::uint32_t flags;          // kMsgRedelivered
+  std::uint32_t missed_before;  // stream, block policy: messages this subscriber missed just before this one
   std::uint64_t reserved[3];
 };
 static_assert(sizeof(MessageHeader) == 64);
@@ -111,7 +113,9 @@ struct alignas(kCacheLine) SubscriberSlot {
   std::atomic<std::uint64_t> dropped;    // messages publishers dropped from this ring (drop-oldest)
   std::atomic<std::uint64_t> delivered;  // messages the subscriber took
   std::atomic<std::uint64_t> port;       // client-chosen port id, for status
-  std::uint8_t pad[kCacheLine - 40];
+  std::atomic<std::uint64_t> gap;        // block policy: messages this slot missed at the tail, to be
+                                         // reported by the next message pushed to it (missed_before)
+  std::uint8_t pad[kCacheLine - 48];
   EventCountShared ec;  // the subscriber sleeps here
 };
 static_assert(sizeof(SubscriberSlot) == 2 * kCacheLine);

@@ -24,6 +24,7 @@
 //   {"op":"unsubscribe","name":"a.b","slot":i} -> {"ok":true}
 //   {"op":"reattach","name":"a.b","id":topic_id,"slot":i,"port":N}   after a broker restart
 //   {"op":"stop"} -> {"ok":true}, then the broker shuts down
+// Requests are at most kMaxFrame bytes; replies at most kMaxReplyFrame.
 #pragma once
 
 #include <chrono>
@@ -35,7 +36,8 @@
 namespace shmbus::control {
 
 inline constexpr int kProtocolVersion = 1;
-inline constexpr std::size_t kMaxFrame = 64 * 1024;
+inline constexpr std::size_t kMaxFrame = 64 * 1024;       // a request (what the broker accepts)
+inline constexpr std::size_t kMaxReplyFrame = 16u << 20;  // a reply (a topic list of 1024 topics fits)
 
 // <domain dir>/broker.sock (the directory is created if missing).
 Result<std::string> socket_path(std::string_view domain);
@@ -44,8 +46,10 @@ Result<std::string> socket_path(std::string_view domain);
 Result<int> connect_socket(const std::string& path);
 
 Status send_frame(int fd, const nlohmann::json& message);
-// Wait up to `timeout` for one whole frame. Errc::closed on EOF, too_large / protocol_error on bad frames.
-Result<nlohmann::json> recv_frame(int fd, std::chrono::milliseconds timeout);
+// Wait up to `timeout` for one whole frame of at most `max` bytes. Errc::closed on EOF, too_large /
+// protocol_error on bad frames.
+Result<nlohmann::json> recv_frame(int fd, std::chrono::milliseconds timeout,
+                                  std::size_t max = kMaxReplyFrame);
 
 // send + recv; a reply with "ok": false becomes an Error with its code and message.
 Result<nlohmann::json> call(int fd, const nlohmann::json& request, std::chrono::milliseconds timeout);

@@ -1,0 +1,1011 @@
+#include "broker.hpp"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <sys/epoll.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/timerfd.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <thread>
+#include <vector>
+
+#include "shmbus/detail/control.hpp"
+#include "shmbus/owner.hpp"
+#include "shmbus/paths.hpp"
+#include "shmbus/segment.hpp"
+#include "shmbus/topic.hpp"
+#include "stats.hpp"
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+
+namespace shmbus::broker {
+namespace {
+
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+// How long a session whose socket closed keeps its pidfd watched: a process's exit closes its sockets
+// before its pidfd becomes readable, so an EOF alone does not tell "closed its client" from "dying".
+constexpr auto kLinger = std::chrono::seconds(2);
+// Replies a client does not read pile up here; past this the client is dropped.
+constexpr std::size_t kMaxPendingWrite = 4u << 20;
+constexpr std::size_t kMaxClientName = 128;
+constexpr int kSweepEveryTicks = 5;  // dead-owner sweep: every 5 ticks (1 s at the default 200 ms)
+
+std::string in_quotes(std::string_view s) {
+  return "\"" + std::string(s) + "\"";
+}
+
+int pidfd_open(pid_t pid) {
+  return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+}
+
+// An owned file descriptor.
+class Fd {
+ public:
+  Fd() = default;
+  explicit Fd(int fd) : fd_(fd) {}
+  Fd(Fd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+  Fd& operator=(Fd&& o) noexcept {
+    if (this != &o) {
+      reset();
+      fd_ = std::exchange(o.fd_, -1);
+    }
+    return *this;
+  }
+  ~Fd() { reset(); }
+  int get() const { return fd_; }
+  explicit operator bool() const { return fd_ >= 0; }
+  void reset() {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+// epoll_event.data: what the fd is (top byte) and, for per-client fds, the session id. Ids, not
+// pointers: an event for a session closed earlier in the same batch finds nothing and is dropped.
+enum class Tag : std::uint64_t { listen = 1, signal = 2, timer = 3, conn = 4, pidfd = 5 };
+std::uint64_t tag(Tag t, std::uint64_t id = 0) {
+  return (static_cast<std::uint64_t>(t) << 56) | id;
+}
+Tag tag_of(std::uint64_t v) {
+  return static_cast<Tag>(v >> 56);
+}
+std::uint64_t id_of(std::uint64_t v) {
+  return v & ((1ULL << 56) - 1);
+}
+
+// A request the broker refuses; the connection stays open. Thrown by the field readers below and
+// caught in dispatch(), so that each op reads its fields in straight-line code.
+struct BadRequest {
+  Error error;
+};
+
+std::string req_string(const json& r, const char* key) {
+  auto it = r.find(key);
+  if (it == r.end() || !it->is_string())
+    throw BadRequest{Error(Errc::invalid_argument, std::string("request needs \"") + key + "\" (a string)")};
+  return it->get<std::string>();
+}
+
+std::optional<std::uint64_t> opt_uint(const json& r, const char* key) {
+  auto it = r.find(key);
+  if (it == r.end() || it->is_null()) return std::nullopt;
+  if (!it->is_number_unsigned())
+    throw BadRequest{
+        Error(Errc::invalid_argument, std::string("\"") + key + "\" must be a non-negative integer")};
+  return it->get<std::uint64_t>();
+}
+
+std::uint64_t req_uint(const json& r, const char* key) {
+  auto v = opt_uint(r, key);
+  if (!v)
+    throw BadRequest{
+        Error(Errc::invalid_argument, std::string("request needs \"") + key + "\" (an integer)")};
+  return *v;
+}
+
+struct SlotRecord {
+  std::uint64_t topic_id;
+  std::uint32_t slot;
+};
+
+struct Session {
+  std::uint64_t id = 0;
+  Fd sock;
+  Fd pidfd;
+  pid_t pid = 0;
+  uid_t uid = 0;
+  gid_t gid = 0;
+  OwnerId owner;
+  std::string name;
+  bool hello = false;
+  bool epollout = false;  // EPOLLOUT is registered (a reply is pending)
+  std::string rbuf;
+  std::string wbuf;
+  std::vector<SlotRecord> slots;
+  std::uint64_t slots_freed = 0;  // slots freed when the socket closed (reported if the process died)
+  std::optional<Clock::time_point> linger_until;  // set once the socket is closed
+
+  std::string who() const {
+    return "client pid " + std::to_string(pid) + (name.empty() ? "" : " (" + name + ")");
+  }
+};
+
+struct Topic {
+  TopicHandle handle;
+  std::string name;
+};
+
+// Give a segment to `gid` (the configured group); TopicHandle and DirectoryWriter create with the mode only.
+void chown_segment(const std::string& name, std::optional<gid_t> gid) {
+  if (!gid) return;
+  const int fd = ::shm_open(segment_shm_name(name).c_str(), O_RDWR | O_CLOEXEC, 0);
+  if (fd < 0 || ::fchown(fd, static_cast<uid_t>(-1), *gid) != 0)
+    spdlog::warn("cannot give segment {} to group {}: {}", name, *gid, std::strerror(errno));
+  if (fd >= 0) ::close(fd);
+}
+
+// The pid written in another broker's pid file; it may be a moment late (that broker took the lock
+// first), so wait up to a second for it.
+std::optional<long> read_pid_file(const std::string& path) {
+  for (int i = 0; i < 20; ++i) {
+    if (FILE* f = std::fopen(path.c_str(), "re")) {
+      long pid = 0;
+      const int n = std::fscanf(f, "%ld", &pid);
+      std::fclose(f);
+      if (n == 1 && pid > 0) return pid;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+struct Broker::Impl {
+  BrokerOptions opt;
+  std::string domain;
+  std::string runtime_dir;
+  std::string dir;
+  std::string sock_path;
+  std::string pid_path;
+  Fd lock;
+  Fd listen;
+  Fd ep;
+  Fd sig;
+  Fd timer;
+  sigset_t old_mask{};
+  bool mask_changed = false;
+  bool pid_written = false;
+  bool listening = false;
+  std::optional<DirectoryWriter> directory;
+  std::map<std::uint64_t, Topic> topics;  // by id
+  std::map<std::string, std::uint64_t, std::less<>> by_name;
+  std::map<std::uint64_t, std::unique_ptr<Session>> sessions;
+  std::uint64_t next_session = 1;
+  Clock::time_point started = Clock::now();
+  Clock::time_point idle_since = Clock::now();
+  std::uint32_t idle_exit_s = kDefaultIdleExitS;
+  std::uint64_t ticks = 0;
+  bool stop_requested = false;
+  bool serving = false;  // start() succeeded: shutdown() may remove the segments
+  bool shut_down = false;
+
+  ~Impl() {
+    if (!shut_down) shutdown();
+    if (mask_changed) ::pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
+  }
+
+  // ---- start ----
+
+  Status start() {
+    domain = opt.domain.empty() ? default_domain() : opt.domain;
+    if (auto st = check_domain_name(domain); !st) return st.error();
+    idle_exit_s = opt.idle_exit_s.value_or(opt.config.idle_exit_s.value_or(kDefaultIdleExitS));
+    auto rt = runtime_dir_result();
+    if (!rt) return rt.error();
+    if (auto st = take_lock(); !st) return st;
+    if (auto st = block_signals(); !st) return st;
+    if (auto st = adopt_segments(); !st) return st;
+    if (auto st = listen_socket(); !st) return st;
+    if (auto st = make_loop(); !st) return st;
+    serving = true;
+    spdlog::info("broker for domain \"{}\" (pid {}) listening on {}; {} topic(s){}", domain, ::getpid(),
+                 sock_path, topics.size(),
+                 opt.autostart ? fmt::format("; autostarted, idle exit after {} s", idle_exit_s) : "");
+    return {};
+  }
+
+  Result<std::string> runtime_dir_result() {
+    auto rt = shmbus::runtime_dir();
+    if (!rt) return rt.error();
+    runtime_dir = *rt;
+    auto d = domain_dir(domain);
+    if (!d) return d.error();
+    dir = *d;
+    sock_path = dir + "/broker.sock";
+    pid_path = dir + "/broker.pid";
+    return dir;
+  }
+
+  Status take_lock() {
+    const std::string lock_path = dir + "/broker.lock";
+    lock = Fd(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+    if (!lock) return Error::from_errno(errno, "cannot open " + lock_path);
+    if (::flock(lock.get(), LOCK_EX | LOCK_NB) != 0) {
+      const int err = errno;
+      if (err != EWOULDBLOCK) return Error::from_errno(err, "cannot lock " + lock_path);
+      lock.reset();
+      const auto pid = read_pid_file(pid_path);
+      return Error(Errc::already_exists, "a broker for domain " + domain + " already runs (pid " +
+                                             (pid ? std::to_string(*pid) : std::string("unknown")) + ")");
+    }
+    // The lock is ours: whatever socket or pid file is there was left by a broker that died.
+    const std::string text = std::to_string(::getpid()) + "\n";
+    const std::string tmp = pid_path + ".tmp";
+    Fd f(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+    if (!f || ::write(f.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size()) ||
+        ::rename(tmp.c_str(), pid_path.c_str()) != 0)
+      return Error::from_errno(errno, "cannot write " + pid_path);
+    pid_written = true;
+    return {};
+  }
+
+  Status block_signals() {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    if (::pthread_sigmask(SIG_BLOCK, &set, &old_mask) != 0)
+      return Error(Errc::system_error, "pthread_sigmask failed");
+    mask_changed = true;
+    ::signal(SIGPIPE, SIG_IGN);  // replies use MSG_NOSIGNAL; this covers anything else
+    sig = Fd(::signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC));
+    if (!sig) return Error::from_errno(errno, "signalfd");
+    return {};
+  }
+
+  // Adopt the directory and every topic that validates; remove what does not, and segments of this
+  // domain that no entry names; create the config's topics that are missing.
+  Status adopt_segments() {
+    std::string replaced;
+    auto d = DirectoryWriter::create_or_adopt(domain, opt.config.segment_mode, &replaced);
+    if (!d) return d.error();
+    directory.emplace(std::move(d).value());
+    if (!replaced.empty())
+      spdlog::warn("replaced the topic directory of domain \"{}\": {}", domain, replaced);
+    chown_segment(directory_segment_name(domain), opt.config.segment_gid);
+    // Relaxed: who runs the domain is informational (status, debugging); no reader synchronises on it.
+    directory->shared()->broker_owner.store(OwnerId::self().value, std::memory_order_relaxed);
+
+    std::size_t adopted = 0;
+    std::size_t removed = 0;
+    for (const TopicInfo& info : directory->list()) {
+      auto h = TopicHandle::open(domain, info.id);
+      std::string why;
+      if (!h)
+        why = h.error().message();
+      else if (h->name() != info.name || h->kind() != info.kind)
+        why = "its segment names topic " + in_quotes(h->name()) + " of kind " + to_string(h->kind());
+      if (!why.empty()) {
+        spdlog::warn("removing topic {} (id {}): {}", in_quotes(info.name), info.id, why);
+        directory->remove(info.name);
+        (void)TopicHandle::remove(domain, info.id);
+        ++removed;
+        continue;
+      }
+      Topic t{std::move(h).value(), info.name};
+      reclaim_dead(t, "adopting the topic");
+      by_name[info.name] = info.id;
+      topics.emplace(info.id, std::move(t));
+      ++adopted;
+    }
+    removed += remove_orphan_segments();
+    if (adopted != 0 || removed != 0)
+      spdlog::info("domain \"{}\": adopted {} topic(s), removed {} invalid or orphaned segment(s)", domain,
+                   adopted, removed);
+
+    for (const TopicSpec& spec : opt.config.topics) {
+      if (auto it = by_name.find(spec.name); it != by_name.end()) {
+        const Topic& t = topics.at(it->second);
+        if (t.handle.kind() != spec.options.kind)
+          spdlog::warn(
+              "topic {} exists as a {}; the config asks for a {}: keeping the existing one (delete it to "
+              "recreate it)",
+              in_quotes(spec.name), to_string(t.handle.kind()), to_string(spec.options.kind));
+        continue;
+      }
+      TopicOptions o = spec.options;
+      o.mode = opt.config.segment_mode;
+      if (auto r = create_topic(spec.name, o); !r) return r.error();
+    }
+    return {};
+  }
+
+  // /dev/shm/shmbus.<domain>.<id> with no directory entry: left by a broker killed between creating a
+  // segment and recording it, or by a directory that was replaced.
+  std::size_t remove_orphan_segments() {
+    const std::string prefix = "shmbus." + domain + ".";
+    std::size_t n = 0;
+    DIR* dp = ::opendir("/dev/shm");
+    if (dp == nullptr) return 0;
+    std::vector<std::uint64_t> orphans;
+    while (dirent* e = ::readdir(dp)) {
+      const std::string_view name(e->d_name);
+      if (name.substr(0, prefix.size()) != prefix) continue;
+      const std::string_view rest = name.substr(prefix.size());
+      if (rest.empty() || rest.size() > 19 || rest.find_first_not_of("0123456789") != std::string_view::npos)
+        continue;
+      const std::uint64_t id = std::stoull(std::string(rest));
+      if (!topics.contains(id)) orphans.push_back(id);
+    }
+    ::closedir(dp);
+    for (std::uint64_t id : orphans) {
+      spdlog::warn("removing segment {} of domain \"{}\": no directory entry names it",
+                   topic_segment_name(domain, id), domain);
+      if (TopicHandle::remove(domain, id)) ++n;
+    }
+    return n;
+  }
+
+  Status listen_socket() {
+    sockaddr_un addr{};
+    if (sock_path.size() >= sizeof addr.sun_path)
+      return Error(Errc::invalid_argument,
+                   "socket path " + in_quotes(sock_path) +
+                       " is too long for a Unix socket (set a shorter SHMBUS_RUNTIME_DIR)");
+    ::unlink(sock_path.c_str());  // a stale socket of a dead broker: we hold the lock
+    listen = Fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    if (!listen) return Error::from_errno(errno, "socket");
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, sock_path.c_str(), sock_path.size() + 1);
+    if (::bind(listen.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
+      return Error::from_errno(errno, "bind " + sock_path);
+    listening = true;
+    // Connecting needs write permission on the socket: give it the segments' read/write bits.
+    const unsigned mode = opt.config.segment_mode & 0666;
+    if (::chmod(sock_path.c_str(), mode) != 0) return Error::from_errno(errno, "chmod " + sock_path);
+    if (opt.config.segment_gid) {
+      if (::chown(sock_path.c_str(), static_cast<uid_t>(-1), *opt.config.segment_gid) != 0 ||
+          ::chown(dir.c_str(), static_cast<uid_t>(-1), *opt.config.segment_gid) != 0)
+        return Error::from_errno(errno, "cannot give " + dir + " to group " + *opt.config.segment_group);
+    }
+    // Others than the owner reach the socket through the domain directory; clients also create files
+    // there (paths.cpp wants it writable), so grant rwx to whoever the mode grants anything.
+    if (mode & 0066) {
+      const mode_t dmode = 0700 | ((mode & 0060) ? 0070 : 0) | ((mode & 0006) ? 0007 : 0);
+      if (::chmod(dir.c_str(), dmode) != 0) return Error::from_errno(errno, "chmod " + dir);
+    }
+    if (::listen(listen.get(), 128) != 0) return Error::from_errno(errno, "listen on " + sock_path);
+    return {};
+  }
+
+  Status make_loop() {
+    ep = Fd(::epoll_create1(EPOLL_CLOEXEC));
+    if (!ep) return Error::from_errno(errno, "epoll_create1");
+    timer = Fd(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
+    if (!timer) return Error::from_errno(errno, "timerfd_create");
+    const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(opt.tick).count();
+    itimerspec its{};
+    its.it_interval.tv_sec = ns / 1'000'000'000;
+    its.it_interval.tv_nsec = ns % 1'000'000'000;
+    its.it_value = its.it_interval;
+    if (::timerfd_settime(timer.get(), 0, &its, nullptr) != 0)
+      return Error::from_errno(errno, "timerfd_settime");
+    if (!watch(listen.get(), EPOLLIN, tag(Tag::listen)) || !watch(sig.get(), EPOLLIN, tag(Tag::signal)) ||
+        !watch(timer.get(), EPOLLIN, tag(Tag::timer)))
+      return Error::from_errno(errno, "epoll_ctl");
+    return {};
+  }
+
+  bool watch(int fd, std::uint32_t events, std::uint64_t data) {
+    epoll_event ev{};
+    ev.events = events;
+    ev.data.u64 = data;
+    return ::epoll_ctl(ep.get(), EPOLL_CTL_ADD, fd, &ev) == 0;
+  }
+
+  // ---- topics ----
+
+  Result<Topic*> create_topic(const std::string& name, const TopicOptions& o) {
+    auto id = directory->add(name, o.kind);
+    if (!id) return id.error();
+    auto h = TopicHandle::create(domain, *id, name, o);
+    if (!h && h.error().code() == Errc::already_exists) {
+      // A segment with this id outlived its entry (the directory was replaced meanwhile): it is not ours.
+      (void)TopicHandle::remove(domain, *id);
+      h = TopicHandle::create(domain, *id, name, o);
+    }
+    if (!h) {
+      directory->remove(name);
+      return h.error();
+    }
+    chown_segment(topic_segment_name(domain, *id), opt.config.segment_gid);
+    by_name[name] = *id;
+    auto [it, inserted] = topics.emplace(*id, Topic{std::move(h).value(), name});
+    spdlog::info("created topic {} (id {}, {}, depth {}, max size {})", in_quotes(name), *id,
+                 to_string(o.kind), it->second.handle.shared()->depth, o.max_size);
+    return &it->second;
+  }
+
+  Topic* find_topic(std::string_view name) {
+    auto it = by_name.find(name);
+    return it == by_name.end() ? nullptr : &topics.at(it->second);
+  }
+
+  Topic& need_topic(std::string_view name) {
+    if (Topic* t = find_topic(name)) return *t;
+    throw BadRequest{Error(Errc::not_found, "topic " + in_quotes(name) +
+                                                " does not exist (create it with `shmbus topic create " +
+                                                std::string(name) + " --kind stream|queue`)")};
+  }
+
+  // Reclaim whatever processes named in `t` held that no longer run.
+  void reclaim_dead(Topic& t, const char* when) {
+    for (OwnerId dead : t.handle.dead_owners()) {
+      const std::uint32_t before = t.handle.active_subscribers();
+      fold_owner_delivered(t.handle, dead);
+      const ReclaimReport r = t.handle.reclaim(dead);
+      const std::uint32_t slots = before - std::min(before, t.handle.active_subscribers());
+      // dead_owners() also names the last pusher of chunks that sit complete in a ring; reclaiming those
+      // finds nothing to do, and is not worth a line at info every second.
+      if (r.freed != 0 || r.redelivered != 0 || slots != 0)
+        spdlog::info(
+            "topic {}: process {} is gone ({}): {} chunk(s) freed, {} redelivered, {} subscriber slot(s) "
+            "freed",
+            in_quotes(t.name), dead.pid(), when, r.freed, r.redelivered, slots);
+      else
+        spdlog::trace("topic {}: process {} is gone ({}): nothing to reclaim", in_quotes(t.name), dead.pid(),
+                      when);
+    }
+  }
+
+  // ---- clients ----
+
+  std::size_t connected_clients() const {
+    return static_cast<std::size_t>(std::count_if(sessions.begin(), sessions.end(),
+                                                  [](const auto& kv) { return !kv.second->linger_until; }));
+  }
+
+  void accept_clients() {
+    for (;;) {
+      Fd fd(::accept4(listen.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+      if (!fd) {
+        if (errno == EINTR || errno == ECONNABORTED) continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) spdlog::warn("accept: {}", std::strerror(errno));
+        return;
+      }
+      ucred cred{};
+      socklen_t len = sizeof cred;
+      if (::getsockopt(fd.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+        spdlog::warn("SO_PEERCRED: {}; dropping the connection", std::strerror(errno));
+        continue;
+      }
+      if (connected_clients() >= opt.config.max_clients) {
+        const std::string msg = "the broker serves its limit of " + std::to_string(opt.config.max_clients) +
+                                " clients ([limits] max_clients)";
+        spdlog::warn("refusing client pid {}: {}", cred.pid, msg);
+        send_now(fd.get(), control::error_reply(Error(Errc::no_space, msg)));
+        continue;
+      }
+      Fd pidfd(pidfd_open(cred.pid));
+      if (!pidfd) {
+        spdlog::debug("client pid {} left before it was registered ({})", cred.pid, std::strerror(errno));
+        continue;
+      }
+      auto owner = OwnerId::of(cred.pid);
+      if (!owner) {
+        spdlog::debug("client pid {} left before it was registered", cred.pid);
+        continue;
+      }
+      auto s = std::make_unique<Session>();
+      s->id = next_session++;
+      s->pid = cred.pid;
+      s->uid = cred.uid;
+      s->gid = cred.gid;
+      s->owner = *owner;
+      if (!watch(fd.get(), EPOLLIN | EPOLLRDHUP, tag(Tag::conn, s->id)) ||
+          !watch(pidfd.get(), EPOLLIN, tag(Tag::pidfd, s->id))) {
+        spdlog::warn("epoll_ctl for client pid {}: {}", cred.pid, std::strerror(errno));
+        continue;
+      }
+      s->sock = std::move(fd);
+      s->pidfd = std::move(pidfd);
+      spdlog::debug("client pid {} uid {} connected (session {})", s->pid, s->uid, s->id);
+      sessions.emplace(s->id, std::move(s));
+    }
+  }
+
+  // One frame, written at once on a socket that has nothing pending (refusals before a session exists).
+  static void send_now(int fd, const json& message) {
+    const std::string body = message.dump(-1, ' ', false, json::error_handler_t::replace);
+    std::string frame = encode(body);
+    (void)::send(fd, frame.data(), frame.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+  }
+
+  static std::string encode(const std::string& body) {
+    std::string frame(4 + body.size(), '\0');
+    const auto n = static_cast<std::uint32_t>(body.size());
+    for (int i = 0; i < 4; ++i) frame[i] = static_cast<char>((n >> (8 * i)) & 0xff);
+    std::memcpy(frame.data() + 4, body.data(), body.size());
+    return frame;
+  }
+
+  // Queue a reply and write what the socket takes now; the rest goes out on EPOLLOUT.
+  void reply(Session& s, const json& message) {
+    std::string body = message.dump(-1, ' ', false, json::error_handler_t::replace);
+    if (body.size() > control::kMaxReplyFrame)
+      body = control::error_reply(Error(Errc::too_large, "the reply is " + std::to_string(body.size()) +
+                                                             " bytes, over the reply frame limit of " +
+                                                             std::to_string(control::kMaxReplyFrame)))
+                 .dump();
+    s.wbuf += encode(body);
+    flush(s);
+  }
+
+  // False when the connection failed (the caller closes it).
+  bool flush(Session& s) {
+    while (!s.wbuf.empty()) {
+      const ssize_t k = ::send(s.sock.get(), s.wbuf.data(), s.wbuf.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (k < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+        return false;
+      }
+      s.wbuf.erase(0, static_cast<std::size_t>(k));
+    }
+    const bool want = !s.wbuf.empty();
+    if (want != s.epollout && s.sock) {
+      epoll_event ev{};
+      ev.events = EPOLLIN | EPOLLRDHUP | (want ? EPOLLOUT : 0u);
+      ev.data.u64 = tag(Tag::conn, s.id);
+      ::epoll_ctl(ep.get(), EPOLL_CTL_MOD, s.sock.get(), &ev);
+      s.epollout = want;
+    }
+    return s.wbuf.size() <= kMaxPendingWrite;
+  }
+
+  void on_conn_event(std::uint64_t id, std::uint32_t events) {
+    auto it = sessions.find(id);
+    if (it == sessions.end() || !it->second->sock) return;
+    Session& s = *it->second;
+    if ((events & EPOLLOUT) && !flush(s)) return close_session(s, "its connection failed");
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) read_from(s);
+  }
+
+  void read_from(Session& s) {
+    const std::uint64_t id = s.id;
+    char buf[16384];
+    for (;;) {
+      const ssize_t k = ::recv(s.sock.get(), buf, sizeof buf, MSG_DONTWAIT);
+      if (k > 0) {
+        s.rbuf.append(buf, static_cast<std::size_t>(k));
+        if (!process_frames(s)) return;  // s is closed
+        if (!sessions.contains(id) || !s.sock) return;
+        continue;
+      }
+      if (k < 0 && errno == EINTR) continue;
+      if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+      return close_session(s, k == 0 ? "it closed its connection" : "its connection failed");
+    }
+  }
+
+  // Parse every complete frame in s.rbuf. False once the session was closed for a protocol error.
+  bool process_frames(Session& s) {
+    std::size_t off = 0;
+    bool open = true;
+    while (open && s.rbuf.size() - off >= 4) {
+      const auto* p = reinterpret_cast<const unsigned char*>(s.rbuf.data() + off);
+      const std::uint32_t n = p[0] | (p[1] << 8) | (p[2] << 16) | (static_cast<std::uint32_t>(p[3]) << 24);
+      if (n > control::kMaxFrame) {
+        protocol_failure(s,
+                         Error(Errc::too_large, "control frame of " + std::to_string(n) + " bytes exceeds " +
+                                                    std::to_string(control::kMaxFrame)));
+        return false;
+      }
+      if (s.rbuf.size() - off < 4 + std::size_t{n}) break;
+      json msg = json::parse(s.rbuf.begin() + static_cast<std::ptrdiff_t>(off + 4),
+                             s.rbuf.begin() + static_cast<std::ptrdiff_t>(off + 4 + n), nullptr, false);
+      off += 4 + n;
+      if (msg.is_discarded() || !msg.is_object()) {
+        protocol_failure(s, Error(Errc::protocol_error, "control frame is not a JSON object"));
+        return false;
+      }
+      open = dispatch(s, msg);
+      if (open && s.wbuf.size() > kMaxPendingWrite) {
+        protocol_failure(
+            s, Error(Errc::protocol_error,
+                     "it does not read its replies (" + std::to_string(s.wbuf.size()) + " bytes pending)"));
+        return false;
+      }
+    }
+    if (!open) return false;
+    s.rbuf.erase(0, off);
+    return true;
+  }
+
+  // Answer with an error and drop the connection; the broker itself carries on.
+  void protocol_failure(Session& s, const Error& e) {
+    spdlog::warn("{}: {}; disconnecting it", s.who(), e.message());
+    reply(s, control::error_reply(e));
+    close_session(s, "of a protocol error");
+  }
+
+  // Handle one request. False when the session was closed.
+  bool dispatch(Session& s, const json& req) {
+    auto op_it = req.find("op");
+    if (op_it == req.end() || !op_it->is_string()) {
+      protocol_failure(s, Error(Errc::protocol_error, "control frame without \"op\""));
+      return false;
+    }
+    const std::string op = op_it->get<std::string>();
+    if (!s.hello) {
+      if (op != "hello") {
+        protocol_failure(
+            s, Error(Errc::protocol_error, "the first request must be \"hello\", not " + in_quotes(op)));
+        return false;
+      }
+      auto v = req.find("version");
+      if (v == req.end() || !v->is_number_integer() || v->get<std::int64_t>() != control::kProtocolVersion) {
+        protocol_failure(
+            s, Error(Errc::version_mismatch, "the broker speaks control protocol version " +
+                                                 std::to_string(control::kProtocolVersion) + ", the client " +
+                                                 (v == req.end() ? std::string("named none") : v->dump())));
+        return false;
+      }
+      if (auto c = req.find("client"); c != req.end() && c->is_string()) {
+        s.name = c->get<std::string>().substr(0, kMaxClientName);
+        for (char& ch : s.name)  // it goes into log lines
+          if (static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f) ch = '?';
+      }
+      s.hello = true;
+      spdlog::debug("{} registered (uid {}, gid {})", s.who(), s.uid, s.gid);
+      reply(s, {{"ok", true},
+                {"version", control::kProtocolVersion},
+                {"broker_pid", ::getpid()},
+                {"domain", domain}});
+      return sessions.contains(s.id) && s.sock;
+    }
+    json answer;
+    try {
+      answer = handle(s, op, req);
+    } catch (const BadRequest& e) {
+      answer = control::error_reply(e.error);
+    }
+    reply(s, answer);
+    return true;
+  }
+
+  json handle(Session& s, const std::string& op, const json& req) {
+    if (op == "status") return status_json();
+    if (op == "topics") {
+      json list = json::array();
+      for (auto& [id, t] : topics) list.push_back(topic_stats(t.handle));
+      return {{"ok", true}, {"topics", std::move(list)}};
+    }
+    if (op == "topic_create") return op_topic_create(req);
+    if (op == "topic_delete") return op_topic_delete(req);
+    if (op == "subscribe") return op_subscribe(s, req);
+    if (op == "unsubscribe") return op_unsubscribe(s, req);
+    if (op == "reattach") return op_reattach(s, req);
+    if (op == "stop") {
+      spdlog::info("{} asked the broker to stop", s.who());
+      stop_requested = true;
+      return {{"ok", true}};
+    }
+    if (op == "hello")
+      throw BadRequest{Error(Errc::protocol_error, "\"hello\" was already sent on this connection")};
+    throw BadRequest{Error(Errc::protocol_error, "unknown op " + in_quotes(op))};
+  }
+
+  json status_json() const {
+    const double uptime = std::chrono::duration<double>(Clock::now() - started).count();
+    return {{"ok", true},
+            {"pid", ::getpid()},
+            {"domain", domain},
+            {"uptime_s", uptime},
+            {"clients", connected_clients()},
+            {"topics", topics.size()},
+            {"autostart", opt.autostart},
+            {"runtime_dir", runtime_dir}};
+  }
+
+  json op_topic_create(const json& req) {
+    const std::string name = req_string(req, "name");
+    if (auto st = check_topic_name(name); !st) throw BadRequest{st.error()};
+    TopicOptions o = opt.config.defaults;
+    o.mode = opt.config.segment_mode;
+    if (auto k = req.find("kind"); k != req.end() && !k->is_null()) {
+      const auto kind = k->is_string() ? parse_kind(k->get<std::string>()) : std::nullopt;
+      if (!kind) throw BadRequest{Error(Errc::invalid_argument, "\"kind\" must be \"stream\" or \"queue\"")};
+      o.kind = *kind;
+    }
+    if (auto v = req.find("overflow"); v != req.end() && !v->is_null()) {
+      const auto ov = v->is_string() ? parse_overflow(v->get<std::string>()) : std::nullopt;
+      if (!ov)
+        throw BadRequest{Error(Errc::invalid_argument, "\"overflow\" must be \"drop-oldest\" or \"block\"")};
+      o.overflow = *ov;
+    }
+    if (auto v = opt_uint(req, "depth")) o.depth = *v;
+    if (auto v = opt_uint(req, "max_size")) o.max_size = *v;
+    if (auto v = opt_uint(req, "max_subscribers")) {
+      if (*v > kMaxSubscribers)
+        throw BadRequest{Error(Errc::invalid_argument, "max subscribers " + std::to_string(*v) +
+                                                           " must be from 1 to " +
+                                                           std::to_string(kMaxSubscribers))};
+      o.max_subscribers = static_cast<std::uint32_t>(*v);
+    }
+    if (auto st = check_topic_options(o); !st) throw BadRequest{st.error()};
+    if (find_topic(name))
+      throw BadRequest{Error(Errc::already_exists, "topic " + in_quotes(name) + " already exists")};
+    if (topics.size() >= opt.config.max_topics)
+      throw BadRequest{Error(Errc::no_space, "the domain holds its limit of " +
+                                                 std::to_string(opt.config.max_topics) +
+                                                 " topics ([limits] max_topics)")};
+    auto t = create_topic(name, o);
+    if (!t) throw BadRequest{t.error()};
+    return {{"ok", true}, {"topic", topic_stats((*t)->handle)}};
+  }
+
+  json op_topic_delete(const json& req) {
+    const std::string name = req_string(req, "name");
+    Topic& t = need_topic(name);
+    const std::uint64_t id = t.handle.shared()->topic_id;
+    for (auto& [sid, s] : sessions)
+      std::erase_if(s->slots, [id](const SlotRecord& r) { return r.topic_id == id; });
+    directory->remove(name);
+    by_name.erase(name);
+    topics.erase(id);
+    if (auto st = TopicHandle::remove(domain, id); !st)
+      spdlog::warn("topic {}: removing segment: {}", in_quotes(name), st.error().message());
+    spdlog::info("deleted topic {} (id {})", in_quotes(name), id);
+    return {{"ok", true}};
+  }
+
+  json op_subscribe(Session& s, const json& req) {
+    Topic& t = need_topic(req_string(req, "name"));
+    const std::uint64_t port = opt_uint(req, "port").value_or(0);
+    auto slot = t.handle.activate_slot(s.owner, port);
+    if (!slot) throw BadRequest{slot.error()};
+    const std::uint64_t id = t.handle.shared()->topic_id;
+    s.slots.push_back({id, *slot});
+    spdlog::debug("{} subscribed to {} (slot {})", s.who(), in_quotes(t.name), *slot);
+    return {{"ok", true}, {"id", id}, {"slot", *slot}};
+  }
+
+  json op_unsubscribe(Session& s, const json& req) {
+    Topic& t = need_topic(req_string(req, "name"));
+    const std::uint64_t slot = req_uint(req, "slot");
+    const std::uint64_t id = t.handle.shared()->topic_id;
+    auto it = std::find_if(s.slots.begin(), s.slots.end(),
+                           [&](const SlotRecord& r) { return r.topic_id == id && r.slot == slot; });
+    if (it == s.slots.end())
+      throw BadRequest{Error(Errc::not_found, "this connection holds no subscriber slot " +
+                                                  std::to_string(slot) + " of topic " + in_quotes(t.name))};
+    fold_slot_delivered(t.handle, it->slot);
+    t.handle.free_slot(it->slot);
+    s.slots.erase(it);
+    spdlog::debug("{} unsubscribed from {} (slot {})", s.who(), in_quotes(t.name), slot);
+    return {{"ok", true}};
+  }
+
+  json op_reattach(Session& s, const json& req) {
+    Topic& t = need_topic(req_string(req, "name"));
+    const std::uint64_t want_id = req_uint(req, "id");
+    const std::uint64_t slot = req_uint(req, "slot");
+    const std::uint64_t port = opt_uint(req, "port").value_or(0);
+    const std::uint64_t id = t.handle.shared()->topic_id;
+    if (want_id != id)
+      throw BadRequest{Error(Errc::not_found, "topic " + in_quotes(t.name) + " has id " + std::to_string(id) +
+                                                  ", not " + std::to_string(want_id) +
+                                                  " (it was deleted and created again): subscribe again")};
+    if (slot >= t.handle.max_subscribers())
+      throw BadRequest{Error(Errc::invalid_argument, "topic " + in_quotes(t.name) +
+                                                         " has no subscriber slot " + std::to_string(slot))};
+    if (auto st = t.handle.adopt_slot(static_cast<std::uint32_t>(slot), s.owner, port); !st)
+      throw BadRequest{st.error()};
+    const bool known = std::any_of(s.slots.begin(), s.slots.end(),
+                                   [&](const SlotRecord& r) { return r.topic_id == id && r.slot == slot; });
+    if (!known) s.slots.push_back({id, static_cast<std::uint32_t>(slot)});
+    spdlog::debug("{} reattached to {} (slot {})", s.who(), in_quotes(t.name), slot);
+    return {{"ok", true}, {"id", id}, {"slot", slot}};
+  }
+
+  // The socket closed or failed: free the session's slots, and find out whether the process is gone.
+  void close_session(Session& s, const char* why) {
+    if (s.sock) {
+      ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, s.sock.get(), nullptr);
+      s.sock.reset();
+    }
+    for (const SlotRecord& r : s.slots)
+      if (auto it = topics.find(r.topic_id);
+          it != topics.end() &&
+          it->second.handle.slot(r.slot)->owner.load(std::memory_order_relaxed) == s.owner.value) {
+        fold_slot_delivered(it->second.handle, r.slot);
+        it->second.handle.free_slot(r.slot);
+      }
+    const std::size_t freed = s.slots.size();
+    s.slots_freed += freed;
+    s.slots.clear();
+    pollfd pf{s.pidfd.get(), POLLIN, 0};
+    if (::poll(&pf, 1, 0) == 1) return on_death(s);
+    spdlog::debug("{} disconnected: {}{}", s.who(), why,
+                  freed != 0 ? fmt::format("; freed {} subscriber slot(s)", freed) : "");
+    s.linger_until = Clock::now() + kLinger;
+    if (connected_clients() == 0) idle_since = Clock::now();
+  }
+
+  // The client's process is gone: reclaim what it held in every topic.
+  void on_death(Session& s) {
+    if (s.sock) {
+      ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, s.sock.get(), nullptr);
+      s.sock.reset();
+    }
+    std::uint64_t freed = 0;
+    std::uint64_t redelivered = 0;
+    std::uint64_t slots = s.slots_freed;  // freed already if its socket closed first
+    for (auto& [id, t] : topics) {
+      const std::uint32_t before = t.handle.active_subscribers();
+      fold_owner_delivered(t.handle, s.owner);
+      const ReclaimReport r = t.handle.reclaim(s.owner);
+      freed += r.freed;
+      redelivered += r.redelivered;
+      slots += before - std::min(before, t.handle.active_subscribers());
+    }
+    if (freed != 0 || redelivered != 0 || slots != 0)
+      spdlog::info(
+          "{} died: reclaimed {} chunk(s) to the pools, redelivered {} queue message(s), freed {} subscriber "
+          "slot(s)",
+          s.who(), freed, redelivered, slots);
+    else
+      spdlog::debug("{} exited", s.who());
+    ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, s.pidfd.get(), nullptr);
+    const std::uint64_t id = s.id;
+    sessions.erase(id);  // s is gone
+    if (connected_clients() == 0) idle_since = Clock::now();
+  }
+
+  void on_pidfd_event(std::uint64_t id) {
+    auto it = sessions.find(id);
+    if (it != sessions.end()) on_death(*it->second);
+  }
+
+  // ---- periodic work ----
+
+  void on_tick() {
+    std::uint64_t expirations = 0;
+    while (::read(timer.get(), &expirations, sizeof expirations) > 0) {
+    }
+    ++ticks;
+    for (auto& [id, t] : topics) t.handle.drain_free_slots();
+    if (ticks % kSweepEveryTicks == 0)
+      for (auto& [id, t] : topics) reclaim_dead(t, "found by the periodic sweep");
+    const auto now = Clock::now();
+    for (auto it = sessions.begin(); it != sessions.end();) {
+      Session& s = *it->second;
+      if (s.linger_until && *s.linger_until <= now) {
+        ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, s.pidfd.get(), nullptr);
+        it = sessions.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (opt.autostart && connected_clients() == 0 && now - idle_since >= std::chrono::seconds(idle_exit_s)) {
+      spdlog::info("no clients for {} s: the autostarted broker exits", idle_exit_s);
+      stop_requested = true;
+    }
+  }
+
+  void on_signal() {
+    signalfd_siginfo si{};
+    while (::read(sig.get(), &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
+      spdlog::info("{} received: shutting down", strsignal(static_cast<int>(si.ssi_signo)));
+      stop_requested = true;
+    }
+  }
+
+  int run() {
+    epoll_event events[64];
+    while (!stop_requested) {
+      const int n = ::epoll_wait(ep.get(), events, 64, -1);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        spdlog::critical("epoll_wait: {}", std::strerror(errno));
+        shutdown();
+        return 1;
+      }
+      for (int i = 0; i < n; ++i) {
+        const std::uint64_t data = events[i].data.u64;
+        switch (tag_of(data)) {
+          case Tag::listen:
+            accept_clients();
+            break;
+          case Tag::signal:
+            on_signal();
+            break;
+          case Tag::timer:
+            on_tick();
+            break;
+          case Tag::conn:
+            on_conn_event(id_of(data), events[i].events);
+            break;
+          case Tag::pidfd:
+            on_pidfd_event(id_of(data));
+            break;
+        }
+      }
+    }
+    shutdown();
+    return 0;
+  }
+
+  void shutdown() {
+    if (shut_down) return;
+    shut_down = true;
+    if (listening) {
+      listen.reset();
+      ::unlink(sock_path.c_str());
+    }
+    // Best effort: a reply still pending (the "ok" to stop) goes out before the socket closes. Slots stay
+    // as they are: with --keep-segments a client that keeps running reattaches to the next broker.
+    for (auto& [id, s] : sessions)
+      if (s->sock && !s->wbuf.empty())
+        (void)::send(s->sock.get(), s->wbuf.data(), s->wbuf.size(), MSG_NOSIGNAL);
+    sessions.clear();
+    if (directory && serving) {
+      if (opt.keep_segments) {
+        spdlog::info("keeping {} topic segment(s) and the directory (--keep-segments)", topics.size());
+        topics.clear();
+      } else {
+        for (auto& [id, t] : topics) (void)TopicHandle::remove(domain, id);
+        topics.clear();
+        directory->unlink();
+        spdlog::info("removed the segments of domain \"{}\"", domain);
+      }
+    }
+    directory.reset();
+    if (pid_written) ::unlink(pid_path.c_str());
+    lock.reset();  // releases the flock; broker.lock stays (unlinking it would let two brokers lock two
+                   // files)
+  }
+};
+
+Result<std::unique_ptr<Broker>> Broker::start(BrokerOptions options) {
+  auto impl = std::make_unique<Impl>();
+  impl->opt = std::move(options);
+  // On failure ~Impl unlinks what start() made (socket, pid file) and leaves every segment alone.
+  if (auto st = impl->start(); !st) return st.error();
+  return std::unique_ptr<Broker>(new Broker(std::move(impl)));
+}
+
+Broker::Broker(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Broker::~Broker() = default;
+int Broker::run() {
+  return impl_->run();
+}
+const std::string& Broker::domain() const {
+  return impl_->domain;
+}
+
+}  // namespace shmbus::broker
