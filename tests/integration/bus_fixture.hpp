@@ -12,8 +12,10 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <functional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "shmbus/detail/control.hpp"
 #include "shmbus/shmbus.hpp"
@@ -96,6 +98,15 @@ class Bus {
       std::this_thread::sleep_for(std::chrono::milliseconds(2));
     }
     broker_ = -1;
+  }
+
+  // Create topics through a short-lived client, then (optionally) use it once; it is gone (and its
+  // thread joined) on return, so the test process can fork safely afterwards.
+  void create_topics(const std::vector<std::pair<std::string, TopicOptions>>& topics,
+                     const std::function<void(Client&)>& then = {}) {
+    Client c = client();
+    for (const auto& [name, options] : topics) ASSERT_TRUE(c.create_topic(name, options)) << name;
+    if (then) then(c);
   }
 
   Client client() {

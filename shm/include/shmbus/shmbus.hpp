@@ -11,7 +11,9 @@
 //
 // Threads: a Client may be shared by threads (control calls are serialised); each Publisher,
 // Subscriber, Producer and Consumer is used by one thread at a time. A Sample or Delivery must not
-// outlive the port that produced it; a port must not outlive its Client.
+// outlive the port that produced it; a port must not outlive its Client. A Client does not survive
+// fork(): it runs a reconnect thread, so a child must connect anew (and should fork before it uses
+// locks the parent's threads may hold, as with any multi-threaded process).
 //
 // The data path (loan, publish, try_receive, receive, ack) never talks to the broker, never takes a
 // lock, and does not allocate unless the caller passes attributes. Setup calls return Result<T>; the
