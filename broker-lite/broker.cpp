@@ -157,7 +157,7 @@ struct Topic {
   std::string name;
 };
 
-// Give a segment to `gid` (the configured group); TopicHandle and DirectoryWriter create with the mode only.
+// Give an adopted segment to `gid` (the configured group); new segments get it at creation.
 void chown_segment(const std::string& name, std::optional<gid_t> gid) {
   if (!gid) return;
   const int fd = ::shm_open(segment_shm_name(name).c_str(), O_RDWR | O_CLOEXEC, 0);
@@ -290,12 +290,14 @@ struct Broker::Impl {
   // domain that no entry names; create the config's topics that are missing.
   Status adopt_segments() {
     std::string replaced;
-    auto d = DirectoryWriter::create_or_adopt(domain, opt.config.segment_mode, &replaced);
+    auto d = DirectoryWriter::create_or_adopt(domain, opt.config.segment_mode, &replaced,
+                                              opt.config.segment_gid.value_or(static_cast<gid_t>(-1)));
     if (!d) return d.error();
     directory.emplace(std::move(d).value());
     if (!replaced.empty())
       spdlog::warn("replaced the topic directory of domain \"{}\": {}", domain, replaced);
-    chown_segment(directory_segment_name(domain), opt.config.segment_gid);
+    chown_segment(directory_segment_name(domain),
+                  opt.config.segment_gid);  // an adopted one may predate the config
     // Relaxed: who runs the domain is informational (status, debugging); no reader synchronises on it.
     directory->shared()->broker_owner.store(OwnerId::self().value, std::memory_order_relaxed);
 
@@ -428,7 +430,9 @@ struct Broker::Impl {
 
   // ---- topics ----
 
-  Result<Topic*> create_topic(const std::string& name, const TopicOptions& o) {
+  Result<Topic*> create_topic(const std::string& name, const TopicOptions& requested) {
+    TopicOptions o = requested;
+    o.group = opt.config.segment_gid.value_or(static_cast<gid_t>(-1));  // set at creation, no window
     auto id = directory->add(name, o.kind);
     if (!id) return id.error();
     auto h = TopicHandle::create(domain, *id, name, o);
@@ -441,7 +445,6 @@ struct Broker::Impl {
       directory->remove(name);
       return h.error();
     }
-    chown_segment(topic_segment_name(domain, *id), opt.config.segment_gid);
     by_name[name] = *id;
     auto [it, inserted] = topics.emplace(*id, Topic{std::move(h).value(), name});
     spdlog::info("created topic {} (id {}, {}, depth {}, max size {})", in_quotes(name), *id,

@@ -214,7 +214,7 @@ std::vector<TopicInfo> DirectoryView::list() const {
 }
 
 Result<DirectoryWriter> DirectoryWriter::create_or_adopt(std::string_view domain, unsigned mode,
-                                                         std::string* replaced_reason) {
+                                                         std::string* replaced_reason, gid_t group) {
   if (auto ok = check_domain_name(domain); !ok) return ok.error();
   const std::string name = directory_segment_name(domain);
   DirectoryWriter w;
@@ -245,6 +245,7 @@ Result<DirectoryWriter> DirectoryWriter::create_or_adopt(std::string_view domain
   }
   auto created = Segment::create(name, {.size = sizeof(SegmentHeader) + sizeof(DirectoryShared) + kCacheLine,
                                         .mode = mode == 0 ? 0644u : mode,
+                                        .group = group,
                                         .kind = kDirectoryKind});
   if (!created) return created.error();
   auto ref = created->allocate<DirectoryShared>(1, kCacheLine);
@@ -323,7 +324,7 @@ Result<TopicHandle> TopicHandle::create(std::string_view domain, std::uint64_t i
   const std::size_t size = sizeof(SegmentHeader) + sizeof(TopicShared) + kCacheLine +
                            (o.max_subscribers + 1) * sizeof(SubscriberSlot) + ChunkPool::footprint(po) + 4096;
   const std::string seg_name = topic_segment_name(domain, id);
-  auto seg = Segment::create(seg_name, {.size = size, .mode = o.mode, .kind = kTopicKind});
+  auto seg = Segment::create(seg_name, {.size = size, .mode = o.mode, .group = o.group, .kind = kTopicKind});
   if (!seg) return seg.error();
   auto fail = [&](const Error& e) {
     (void)Segment::remove(seg_name);

@@ -67,6 +67,7 @@ struct TopicOptions {
   std::uint32_t max_subscribers = 8;          // streams only, 1..63
   std::uint32_t attrs_max = 256;              // bytes of encoded attributes per message
   unsigned mode = 0600;                       // segment file mode
+  gid_t group = static_cast<gid_t>(-1);       // segment group, set at creation (before the mode grants it)
 };
 
 // Checks ranges; the message names the field and the limit.
@@ -206,7 +207,8 @@ class DirectoryWriter {
   // Open and validate an existing directory (adopt), or create one when there is none or it is invalid
   // (the invalid one is removed; the error it gave is returned in *replaced_reason).
   static Result<DirectoryWriter> create_or_adopt(std::string_view domain, unsigned mode,
-                                                 std::string* replaced_reason);
+                                                 std::string* replaced_reason,
+                                                 gid_t group = static_cast<gid_t>(-1));
   Result<std::uint64_t> add(std::string_view name, TopicKind kind);  // returns the new topic id
   bool remove(std::string_view name);
   std::vector<TopicInfo> list() const;
