@@ -4,6 +4,7 @@
 #include "shmbus/mpmc_ring.hpp"
 #include "shmbus/segment.hpp"
 #include "shmbus/spsc_ring.hpp"
+#include "shmbus/topic.hpp"
 
 namespace shmbus {
 namespace {
@@ -35,6 +36,11 @@ constexpr std::uint64_t compute() {
   h = add_type<ChunkHeader>(h);
   h = add_type<ChunkPoolShared>(h);
   h = add_type<EventCountShared>(h);
+  h = add_type<MessageHeader>(h);
+  h = add_type<SubscriberSlot>(h);
+  h = add_type<TopicShared>(h);
+  h = add_type<TopicEntry>(h);
+  h = add_type<DirectoryShared>(h);
   h = fnv1a(h, kMaxPoolRings);
   return h;
 }

@@ -473,7 +473,10 @@ TopicHandle::IoStatus TopicHandle::publish_stream(std::uint32_t chunk,
     SubscriberSlot& s = slots_[i];
     EventCount space(&t_->space);
     // The chunk is ours alone (a copy, or the original for the last subscriber): stamp the tail misses.
-    const auto gap = static_cast<std::uint32_t>(s.gap.exchange(0, std::memory_order_relaxed));
+    // Load first: the exchange (a write) is needed only in the rare case that there is a gap to report.
+    const auto gap = s.gap.load(std::memory_order_relaxed) == 0
+                         ? 0u
+                         : static_cast<std::uint32_t>(s.gap.exchange(0, std::memory_order_relaxed));
     header(c)->missed_before = gap;
     for (;;) {
       if (pool_.try_push(s.ring, c) == RingStatus::ok) {

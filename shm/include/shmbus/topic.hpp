@@ -107,19 +107,25 @@ std::optional<AttrValue> find_attr(const std::byte* in, std::uint32_t size, std:
 
 // ---- shared layout ----
 
+// Three lines, by writer: the broker and the publishers (read by the subscriber on each receive, written
+// rarely), the subscriber's own counter, and the eventcount. A publisher never writes a line that the
+// subscriber writes on every message.
 struct alignas(kCacheLine) SubscriberSlot {
-  std::atomic<std::uint64_t> owner;      // OwnerId of the subscribing process; 0 when free (broker writes)
-  std::atomic<std::uint32_t> state;      // kSlotFree / kSlotActive (broker writes)
-  std::uint32_t ring;                    // its pool ring, 1 + slot index (fixed at creation)
-  std::atomic<std::uint64_t> dropped;    // messages publishers dropped from this ring (drop-oldest)
-  std::atomic<std::uint64_t> delivered;  // messages the subscriber took
-  std::atomic<std::uint64_t> port;       // client-chosen port id, for status
-  std::atomic<std::uint64_t> gap;        // block policy: messages this slot missed at the tail, to be
-                                         // reported by the next message pushed to it (missed_before)
-  std::uint8_t pad[kCacheLine - 48];
+  std::atomic<std::uint64_t> owner;    // OwnerId of the subscribing process; 0 when free (broker writes)
+  std::atomic<std::uint32_t> state;    // kSlotFree / kSlotActive (broker writes)
+  std::uint32_t ring;                  // its pool ring, 1 + slot index (fixed at creation)
+  std::atomic<std::uint64_t> port;     // client-chosen port id, for status (broker writes)
+  std::atomic<std::uint64_t> dropped;  // messages publishers dropped from this ring (drop-oldest)
+  std::atomic<std::uint64_t> gap;      // block policy: messages this slot missed at the tail, to be
+                                       // reported by the next message pushed to it (missed_before)
+  std::uint8_t pad0[kCacheLine - 40];
+  alignas(kCacheLine) std::atomic<std::uint64_t> delivered;  // messages the subscriber took (it writes)
+  std::uint8_t pad1[kCacheLine - 8];
   EventCountShared ec;  // the subscriber sleeps here
 };
-static_assert(sizeof(SubscriberSlot) == 2 * kCacheLine);
+static_assert(sizeof(SubscriberSlot) == 3 * kCacheLine);
+static_assert(offsetof(SubscriberSlot, delivered) == kCacheLine);
+static_assert(offsetof(SubscriberSlot, ec) == 2 * kCacheLine);
 inline constexpr std::uint32_t kSlotFree = 0;
 inline constexpr std::uint32_t kSlotActive = 1;
 
