@@ -207,11 +207,6 @@ Result<std::shared_ptr<TopicHandle>> ClientCore::open_topic(std::string_view top
   return sp;
 }
 
-std::chrono::steady_clock::time_point deadline_after(std::chrono::nanoseconds t) {
-  const auto now = std::chrono::steady_clock::now();
-  return t > std::chrono::hours(24 * 365) ? now + std::chrono::hours(24 * 365) : now + t;
-}
-
 std::uint64_t realtime_ns() {
   timespec ts{};
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -303,7 +298,7 @@ void Delivery::nack() noexcept {
   t->header(c)->flags |= kMsgRedelivered;
   // Back to the queue for another consumer. The queue can be full while we hold this chunk; nothing may
   // be lost, so wait for room (consumers make room as they take messages).
-  while (t->push_queue(c, detail::deadline_after(std::chrono::seconds(1))) != TopicHandle::IoStatus::ok) {
+  while (t->push_queue(c, Deadline::after(std::chrono::seconds(1))) != TopicHandle::IoStatus::ok) {
   }
   t->shared()->published.fetch_sub(1, std::memory_order_relaxed);  // push_queue counted it as a new message
 }
@@ -340,7 +335,7 @@ Result<std::uint32_t> alloc_chunk(PortState& p, std::size_t size, std::chrono::n
                                       " bytes exceeds the max size of topic " + qname(p.name) + " (" +
                                       std::to_string(p.topic->max_size()) + " bytes)");
   std::uint32_t c;
-  if (p.topic->allocate(c, deadline_after(timeout)) != TopicHandle::IoStatus::ok)
+  if (p.topic->allocate(c, Deadline::after(timeout)) != TopicHandle::IoStatus::ok)
     return Error(Errc::timed_out, "topic " + qname(p.name) +
                                       ": no free chunk within the timeout (every chunk is queued or held)");
   return c;
@@ -366,7 +361,7 @@ Status fill_and_send(PortState& p, TopicHandle*& loan_topic, std::uint32_t chunk
   h->payload_size = static_cast<std::uint32_t>(size);
   h->flags = 0;
   h->missed_before = 0;
-  const auto deadline = deadline_after(timeout);
+  const Deadline deadline = Deadline::after(timeout);
   if (t.kind() == TopicKind::queue) {
     if (t.push_queue(chunk, deadline) != TopicHandle::IoStatus::ok) {
       --p.seq;

@@ -398,8 +398,7 @@ Status TopicHandle::remove(std::string_view domain, std::uint64_t id) {
 
 // ---- data path ----
 
-TopicHandle::IoStatus TopicHandle::allocate(std::uint32_t& chunk,
-                                            std::chrono::steady_clock::time_point deadline) noexcept {
+TopicHandle::IoStatus TopicHandle::allocate(std::uint32_t& chunk, const Deadline& deadline) noexcept {
   if (pool_.try_allocate(chunk) == RingStatus::ok) return IoStatus::ok;
   EventCount space(&t_->space);
   for (;;) {
@@ -408,7 +407,7 @@ TopicHandle::IoStatus TopicHandle::allocate(std::uint32_t& chunk,
       space.cancel_wait();
       return IoStatus::ok;
     }
-    const auto left = deadline - std::chrono::steady_clock::now();
+    const auto left = deadline.left();
     if (left <= std::chrono::nanoseconds::zero()) {
       space.cancel_wait();
       return IoStatus::no_chunk;
@@ -422,8 +421,7 @@ void TopicHandle::release(std::uint32_t chunk) noexcept {
   EventCount(&t_->space).notify();
 }
 
-TopicHandle::IoStatus TopicHandle::push_queue(std::uint32_t chunk,
-                                              std::chrono::steady_clock::time_point deadline) noexcept {
+TopicHandle::IoStatus TopicHandle::push_queue(std::uint32_t chunk, const Deadline& deadline) noexcept {
   EventCount space(&t_->space);
   for (;;) {
     if (pool_.try_push(kQueueRing, chunk) == RingStatus::ok) break;
@@ -432,7 +430,7 @@ TopicHandle::IoStatus TopicHandle::push_queue(std::uint32_t chunk,
       space.cancel_wait();
       break;
     }
-    const auto left = deadline - std::chrono::steady_clock::now();
+    const auto left = deadline.left();
     if (left <= std::chrono::nanoseconds::zero()) {
       space.cancel_wait();
       return IoStatus::timed_out;
@@ -444,8 +442,7 @@ TopicHandle::IoStatus TopicHandle::push_queue(std::uint32_t chunk,
   return IoStatus::ok;
 }
 
-TopicHandle::IoStatus TopicHandle::publish_stream(std::uint32_t chunk,
-                                                  std::chrono::steady_clock::time_point deadline) noexcept {
+TopicHandle::IoStatus TopicHandle::publish_stream(std::uint32_t chunk, const Deadline& deadline) noexcept {
   t_->published.fetch_add(1, std::memory_order_relaxed);  // relaxed: a statistic
   // A7: pairs with R7 in activate_slot(): a set bit means the slot's ring was drained before.
   std::uint64_t mask = t_->active_mask.load(std::memory_order_acquire);
@@ -461,8 +458,7 @@ TopicHandle::IoStatus TopicHandle::publish_stream(std::uint32_t chunk,
     mask &= mask - 1;
     std::uint32_t c = chunk;
     if (mask != 0) {  // not the last subscriber: give it a copy
-      if (allocate(c, overflow() == Overflow::block ? deadline : std::chrono::steady_clock::now()) !=
-          IoStatus::ok) {
+      if (allocate(c, overflow() == Overflow::block ? deadline : Deadline::now()) != IoStatus::ok) {
         slots_[i].gap.fetch_add(1, std::memory_order_relaxed);  // reported by its next message
         t_->dropped.fetch_add(1, std::memory_order_relaxed);
         result = IoStatus::timed_out;
@@ -498,7 +494,7 @@ TopicHandle::IoStatus TopicHandle::publish_stream(std::uint32_t chunk,
         EventCount(&s.ec).notify();
         break;
       }
-      const auto left = deadline - std::chrono::steady_clock::now();
+      const auto left = deadline.left();
       if (left <= std::chrono::nanoseconds::zero()) {
         space.cancel_wait();
         release(c);

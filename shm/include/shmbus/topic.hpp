@@ -228,6 +228,34 @@ class DirectoryWriter {
   std::string domain_;
 };
 
+// A deadline that reads the clock only when first needed: the data path passes one down and the fast
+// path (room in the ring, a free chunk) never asks for it (a clock read is ~25 ns here, a third of a
+// message's cost). Implicit from a time_point for callers that have one.
+class Deadline {
+ public:
+  Deadline(std::chrono::steady_clock::time_point at) : at_(at), known_(true) {}  // NOLINT: implicit
+  static Deadline after(std::chrono::nanoseconds timeout) {
+    Deadline d;
+    d.timeout_ = timeout > std::chrono::hours(24 * 365) ? std::chrono::hours(24 * 365) : timeout;
+    return d;
+  }
+  static Deadline now() { return after(std::chrono::nanoseconds::zero()); }
+  std::chrono::steady_clock::time_point at() const {
+    if (!known_) {
+      at_ = std::chrono::steady_clock::now() + timeout_;
+      known_ = true;
+    }
+    return at_;
+  }
+  std::chrono::nanoseconds left() const { return at() - std::chrono::steady_clock::now(); }
+
+ private:
+  Deadline() = default;
+  std::chrono::nanoseconds timeout_{0};
+  mutable std::chrono::steady_clock::time_point at_{};
+  mutable bool known_ = false;
+};
+
 // ---- a topic segment ----
 
 class TopicHandle {
@@ -269,11 +297,11 @@ class TopicHandle {
   // Stream: deliver the held chunk to every active subscriber (the chunk is given away in all cases).
   // Waits up to `deadline` only under policy block. Returns ok, or timed_out when some subscriber's
   // ring stayed full (those subscribers miss this message; counted in `dropped`).
-  IoStatus publish_stream(std::uint32_t chunk, std::chrono::steady_clock::time_point deadline) noexcept;
+  IoStatus publish_stream(std::uint32_t chunk, const Deadline& deadline) noexcept;
   // Queue: push the held chunk; full -> wait for space until `deadline` (then timed_out; still held).
-  IoStatus push_queue(std::uint32_t chunk, std::chrono::steady_clock::time_point deadline) noexcept;
+  IoStatus push_queue(std::uint32_t chunk, const Deadline& deadline) noexcept;
   // Allocate a chunk, waiting for one until `deadline` (back-pressure).
-  IoStatus allocate(std::uint32_t& chunk, std::chrono::steady_clock::time_point deadline) noexcept;
+  IoStatus allocate(std::uint32_t& chunk, const Deadline& deadline) noexcept;
   // Give back a chunk (a released sample, an acked delivery) and wake a blocked publisher if any.
   void release(std::uint32_t chunk) noexcept;
 
