@@ -1,5 +1,6 @@
 // Micro benchmarks of libshmbus's hot paths: SpscRing (copy, zero copy, two-thread throughput), MpmcRing,
-// ChunkPool and EventCount, each on structures placed in a real shared-memory Segment.
+// ChunkPool, the topic layer (a message through TopicHandle as the client API drives it), the clock reads
+// of the client API, and EventCount, each on structures placed in a real shared-memory Segment.
 //
 // Build from the release preset (no fault points, -march=native) and run pinned where it matters:
 //   cmake --preset release && cmake --build build/release -j2 && build/release/bench/shmbus-core-bench
@@ -41,6 +42,7 @@
 #include "shmbus/mpmc_ring.hpp"
 #include "shmbus/segment.hpp"
 #include "shmbus/spsc_ring.hpp"
+#include "shmbus/topic.hpp"
 
 namespace {
 
@@ -350,6 +352,109 @@ void BM_ChunkPool_QueueRoundTrip(benchmark::State& state) {
   g_fixture.seg.reset();
 }
 BENCHMARK(BM_ChunkPool_QueueRoundTrip)->UseRealTime();
+
+// ---- the topic layer: what Publisher::publish(bytes) and Subscriber::try_receive() drive ----------------
+
+// One stream topic (depth 8, 64-byte messages, one subscriber slot active), its segment unlinked at once.
+struct TopicFixture {
+  shmbus::TopicHandle t;
+  std::uint32_t slot = 0, ring = 0;
+  TopicFixture() {
+    static std::atomic<std::uint64_t> id{1};
+    const std::string domain = "bt" + std::to_string(::getpid());
+    shmbus::TopicOptions o;
+    o.depth = 8;
+    o.max_size = 64;
+    o.max_subscribers = 1;
+    const std::uint64_t my = id.fetch_add(1);
+    t = must(shmbus::TopicHandle::create(domain, my, "bench.topic", o));
+    (void)shmbus::TopicHandle::remove(domain, my);
+    slot = must(t.activate_slot(shmbus::OwnerId::self(), 1));
+    ring = t.slot(slot)->ring;
+  }
+};
+
+std::uint64_t realtime_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ULL + static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
+// One 64-byte message through the topic in one thread, as the client API moves it: allocate, copy in, fill
+// the header, publish_stream; pop, the slot's counters, copy out, release. Arg 1 adds the client API's
+// clock reads (CLOCK_REALTIME timestamp, steady_clock deadlines for the loan and the publish).
+void BM_Topic_PublishReceive(benchmark::State& state) {
+  TopicFixture f;
+  const bool clocks = state.range(0) != 0;
+  alignas(64) std::byte msg[64] = {}, out[64];
+  std::uint64_t seq = 0, failures = 0, last_dropped = 0;
+  for (auto _ : state) {
+    auto deadline = std::chrono::steady_clock::time_point::max();
+    if (clocks) deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+    std::uint32_t c;
+    if (f.t.allocate(c, deadline) != shmbus::TopicHandle::IoStatus::ok) {
+      ++failures;
+      continue;
+    }
+    std::memcpy(f.t.payload(c), msg, sizeof msg);
+    shmbus::MessageHeader* h = f.t.header(c);
+    h->attrs_size = 0;
+    h->seq = ++seq;
+    h->publisher = 1;
+    h->timestamp_ns = clocks ? realtime_ns() : 0;
+    h->payload_size = sizeof msg;
+    h->flags = 0;
+    h->missed_before = 0;
+    if (clocks) deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+    (void)f.t.publish_stream(c, deadline);
+    std::uint32_t got;
+    if (f.t.pool().try_pop(f.ring, got) != RingStatus::ok) {
+      ++failures;
+      continue;
+    }
+    shmbus::SubscriberSlot* sl = f.t.slot(f.slot);
+    sl->delivered.fetch_add(1, std::memory_order_relaxed);
+    const std::uint64_t dropped = sl->dropped.load(std::memory_order_relaxed);
+    benchmark::DoNotOptimize(dropped - last_dropped + f.t.header(got)->missed_before);
+    last_dropped = dropped;
+    std::memcpy(out, f.t.payload(got), f.t.header(got)->payload_size);
+    benchmark::DoNotOptimize(out);
+    f.t.release(got);
+  }
+  if (failures != 0) state.SkipWithError("a topic operation failed");
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_Topic_PublishReceive)->Arg(0)->Arg(1)->UseRealTime();
+
+// The clock reads the client API makes per message.
+void BM_Clock_Realtime(benchmark::State& state) {
+  for (auto _ : state) benchmark::DoNotOptimize(realtime_ns());
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_Clock_Realtime)->UseRealTime();
+
+void BM_Clock_SteadyNow(benchmark::State& state) {
+  for (auto _ : state) benchmark::DoNotOptimize(std::chrono::steady_clock::now());
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_Clock_SteadyNow)->UseRealTime();
+
+// Cheaper stamps a publisher could take instead: the coarse real-time clock (jiffy resolution) and the TSC.
+void BM_Clock_RealtimeCoarse(benchmark::State& state) {
+  for (auto _ : state) {
+    timespec ts{};
+    clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+    benchmark::DoNotOptimize(ts);
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_Clock_RealtimeCoarse)->UseRealTime();
+
+void BM_Clock_Rdtsc(benchmark::State& state) {
+  for (auto _ : state) benchmark::DoNotOptimize(__builtin_ia32_rdtsc());
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_Clock_Rdtsc)->UseRealTime();
 
 // ---- EventCount and the futex -------------------------------------------------------------------------
 

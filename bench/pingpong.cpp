@@ -13,6 +13,19 @@
 //   eventcount        SpscRing 8B plus one shmbus::EventCount per direction, await(spin = 0): both sides park
 //                     in the futex every time, as a subscriber that does not spin would.
 //
+// The decomposition of shmbus's data path (what a 64-byte message costs, layer by layer; the client API on
+// top of it is measured by shmbus-bench):
+//   pool-handoff 64B  ChunkPool alone: allocate from the free ring, copy 64 B in, push to message ring 1; the
+//                     receiver pops, copies out and releases to the free ring. The owner-word hand-over of
+//                     every step, without the topic layer.
+//   topic 64B         TopicHandle as the client API drives it: allocate, copy into the payload, fill the
+//                     MessageHeader, publish_stream (statistics counter, active mask, gap exchange, push to
+//                     the subscriber's ring, EventCount notify); receive as Subscriber::try_receive does
+//                     (pop, the slot's delivered counter and dropped count, missed_before), copy out, release
+//                     (push to the free ring, notify `space`). No clock reads.
+//   topic+clocks 64B  the same plus the clock reads of the client API: CLOCK_REALTIME for the message's
+//                     timestamp and two steady_clock::now() for the loan and publish deadlines.
+//
 // This guest's core-to-core latency flips between two regimes (~120 ns and ~450 ns per round trip) within
 // seconds, and the host takes CPU time away from its vCPUs for tens of milliseconds at a time (after a few
 // seconds of both vCPUs busy, each may get only a third to a half of its CPU). A variant measured a minute
@@ -53,12 +66,18 @@
 #include <string_view>
 #include <vector>
 
+#include "common/timing.hpp"
+#include "shmbus/chunk_pool.hpp"
 #include "shmbus/eventcount.hpp"
+#include "shmbus/owner.hpp"
 #include "shmbus/segment.hpp"
 #include "shmbus/spsc_ring.hpp"
+#include "shmbus/topic.hpp"
 
 namespace {
 
+using namespace shmbus::bench;
+using shmbus::ChunkPool;
 using shmbus::EventCount;
 using shmbus::EventCountShared;
 using shmbus::kCacheLine;
@@ -68,6 +87,7 @@ using shmbus::Segment;
 using shmbus::SlotView;
 using shmbus::SpscRing;
 using shmbus::SpscSlotHeader;
+using shmbus::TopicHandle;
 
 [[noreturn]] void die(const std::string& what) {
   std::fprintf(stderr, "shmbus-pingpong: %s\n", what.c_str());
@@ -187,9 +207,96 @@ class IndexRing {
   std::uint64_t tail_ = 0, cached_head_ = 0;  // consumer-local
 };
 
+// ---- the layers of shmbus's data path, as channels with try_push/try_pop ---------------------------------
+
+// ChunkPool hand-off: the sender allocates, copies and pushes to message ring 1 (spinning while the free
+// ring is empty or the message ring full); the receiver pops, copies out and releases.
+struct PoolTx {
+  ChunkPool* pool;
+  RingStatus try_push(const void* data, std::size_t size) noexcept {
+    std::uint32_t c;
+    while (pool->try_allocate(c) != RingStatus::ok) {
+    }
+    std::memcpy(pool->data(c), data, size);
+    pool->header(c).size.store(static_cast<std::uint32_t>(size), std::memory_order_relaxed);
+    while (pool->try_push(1, c) != RingStatus::ok) {
+    }
+    return RingStatus::ok;
+  }
+};
+struct PoolRx {
+  ChunkPool* pool;
+  RingStatus try_pop(void* out, std::size_t cap, std::size_t* n) noexcept {
+    std::uint32_t c;
+    if (pool->try_pop(1, c) != RingStatus::ok) return RingStatus::empty;
+    const std::size_t size = pool->header(c).size.load(std::memory_order_relaxed);
+    *n = size <= cap ? size : cap;
+    std::memcpy(out, pool->data(c), *n);
+    pool->release(c);
+    return RingStatus::ok;
+  }
+};
+
+inline std::uint64_t realtime_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ULL + static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
+// TopicHandle as Publisher::publish(bytes) and Subscriber::try_receive() drive it (client.cpp), without the
+// Client wrappers (shared_ptr, Result, optional<Sample>).
+template <bool kClocks>
+struct TopicTx {
+  TopicHandle* t;
+  std::uint64_t seq = 0;
+  RingStatus try_push(const void* data, std::size_t size) noexcept {
+    auto deadline = std::chrono::steady_clock::time_point::max();
+    if constexpr (kClocks) deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);  // loan
+    std::uint32_t c;
+    if (t->allocate(c, deadline) != TopicHandle::IoStatus::ok) die("topic: no chunk");
+    std::memcpy(t->payload(c), data, size);
+    shmbus::MessageHeader* h = t->header(c);
+    h->attrs_size = 0;
+    h->seq = ++seq;
+    h->publisher = 1;
+    h->timestamp_ns = kClocks ? realtime_ns() : 0;
+    h->payload_size = static_cast<std::uint32_t>(size);
+    h->flags = 0;
+    h->missed_before = 0;
+    if constexpr (kClocks) deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);  // publish
+    (void)t->publish_stream(c, deadline);
+    return RingStatus::ok;
+  }
+};
+struct TopicRx {
+  TopicHandle* t;
+  std::uint32_t slot;
+  std::uint32_t ring;
+  std::uint64_t last_dropped = 0;
+  RingStatus try_pop(void* out, std::size_t cap, std::size_t* n) noexcept {
+    std::uint32_t c;
+    if (t->pool().try_pop(ring, c) != RingStatus::ok) return RingStatus::empty;
+    shmbus::SubscriberSlot* s = t->slot(slot);
+    s->delivered.fetch_add(1, std::memory_order_relaxed);
+    const std::uint64_t dropped = s->dropped.load(std::memory_order_relaxed);
+    const std::uint64_t missed = dropped - last_dropped + t->header(c)->missed_before;
+    last_dropped = dropped;
+    (void)missed;
+    const std::size_t size = t->header(c)->payload_size;
+    *n = size <= cap ? size : cap;
+    std::memcpy(out, t->payload(c), *n);
+    t->release(c);
+    return RingStatus::ok;
+  }
+};
+
+// Made before the fork (their segments are unlinked at once; the mappings are inherited).
+TopicHandle g_topic_ping, g_topic_pong;
+std::uint32_t g_slot_ping = 0, g_slot_pong = 0;
+
 // ---- variants -------------------------------------------------------------------------------------------
 
-enum class Kind { floor_line, spsc_seq, spsc_idx, futex, eventcount };
+enum class Kind { floor_line, spsc_seq, spsc_idx, futex, eventcount, pool, topic, topic_clocks };
 
 struct Variant {
   const char* name;
@@ -206,6 +313,9 @@ constexpr std::array kVariants = {
     Variant{"spsc-index 64B", Kind::spsc_idx, 64, false},
     Variant{"futex (floor)", Kind::futex, 4, true},
     Variant{"eventcount 8B", Kind::eventcount, 8, true},
+    Variant{"pool-handoff 64B", Kind::pool, 64, false},
+    Variant{"topic 64B", Kind::topic, 64, false},
+    Variant{"topic+clocks 64B", Kind::topic_clocks, 64, false},
 };
 constexpr std::size_t kFloorBusy = 0;      // index of floor-cacheline
 constexpr std::size_t kFloorBlocking = 5;  // index of futex
@@ -240,6 +350,7 @@ struct Layout {
   Ref<IndexRingShared> idx_ping[2], idx_pong[2];
   Ref<shmbus::SpscRingShared> ec_ping, ec_pong;
   Ref<EventCountShared> ev_ping, ev_pong;
+  Ref<shmbus::ChunkPoolShared> pool_ping, pool_pong;
 };
 
 // Process-local handles, attached after the fork by each side.
@@ -253,6 +364,7 @@ struct Handles {
   IndexRing idx_ping[2], idx_pong[2];
   SpscRing ec_ping, ec_pong;
   EventCount ev_ping, ev_pong;
+  ChunkPool pool_ping, pool_pong;
 };
 
 Handles attach_all(const Segment& seg, const Layout& l) {
@@ -272,72 +384,20 @@ Handles attach_all(const Segment& seg, const Layout& l) {
   h.ec_pong = must(SpscRing::attach(seg, l.ec_pong));
   h.ev_ping = EventCount(seg.at(l.ev_ping));
   h.ev_pong = EventCount(seg.at(l.ev_pong));
+  h.pool_ping = must(ChunkPool::attach(seg, l.pool_ping));
+  h.pool_pong = must(ChunkPool::attach(seg, l.pool_pong));
   return h;
 }
 
-// ---- clock ------------------------------------------------------------------------------------------------
+// ---- clock (bench/common/timing.hpp) ------------------------------------------------------------------
 
-bool g_use_tsc = true;
 double g_ns_per_tick = 1.0;
-
-inline std::uint64_t now_ticks() {
-  if (g_use_tsc) {
-    // lfence: the stamp is taken after the earlier loads (the echo we spun on) have completed.
-    _mm_lfence();
-    return __rdtsc();
-  }
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<std::uint64_t>(ts.tv_nsec);
-}
-
-std::uint64_t raw_ns() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC_RAW, &ts);
-  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<std::uint64_t>(ts.tv_nsec);
-}
-
-// ns per TSC tick over a ~50 ms spin, against CLOCK_MONOTONIC_RAW.
-double calibrate_tsc() {
-  const std::uint64_t n0 = raw_ns();
-  const std::uint64_t t0 = __rdtsc();
-  while (raw_ns() - n0 < 50'000'000) {
-  }
-  const std::uint64_t n1 = raw_ns();
-  const std::uint64_t t1 = __rdtsc();
-  return static_cast<double>(n1 - n0) / static_cast<double>(t1 - t0);
-}
-
-// Mean cost of one timestamp as the loops take it (back to back), in ns, over the fastest 99% of 20k pairs
-// (the rest are interrupts). A mean, not a median: the guest's TSC advances in steps of ~10 ns, so single
-// differences are quantised.
-double timestamp_overhead_ns() {
-  std::vector<std::uint64_t> d(20000);
-  std::uint64_t prev = now_ticks();
-  for (auto& x : d) {
-    const std::uint64_t t = now_ticks();
-    x = t - prev;
-    prev = t;
-  }
-  std::sort(d.begin(), d.end());
-  const std::size_t keep = d.size() * 99 / 100;
-  double sum = 0;
-  for (std::size_t i = 0; i < keep; ++i) sum += static_cast<double>(d[i]);
-  return sum / static_cast<double>(keep) * (g_use_tsc ? g_ns_per_tick : 1.0);
-}
 
 // ---- the two sides of each variant ----------------------------------------------------------------------
 
 struct Stats {
   std::uint64_t errors = 0;  // echoes that did not match
 };
-
-// Spin until f() succeeds. No pause: each side owns its CPU, and a pause would add its own latency.
-template <typename F>
-inline void spin_until(F&& f) {
-  while (!f()) {
-  }
-}
 
 template <typename Ring>
 RingStatus ring_pop(Ring& r, void* out, std::size_t cap, std::size_t* n) {
@@ -480,6 +540,23 @@ void run_leader(Handles& h, std::size_t vi, std::uint64_t count, std::uint64_t* 
     case Kind::eventcount:
       leader_eventcount(h, count, samples, st);
       break;
+    case Kind::pool: {
+      PoolTx tx{&h.pool_ping};
+      PoolRx rx{&h.pool_pong};
+      leader_rings(tx, rx, v.bytes, count, samples, st);
+      break;
+    }
+    case Kind::topic:
+    case Kind::topic_clocks: {
+      static TopicTx<false> tx{&g_topic_ping};
+      static TopicTx<true> txc{&g_topic_ping};
+      static TopicRx rx{&g_topic_pong, g_slot_pong, g_topic_pong.slot(g_slot_pong)->ring};
+      if (v.kind == Kind::topic)
+        leader_rings(tx, rx, v.bytes, count, samples, st);
+      else
+        leader_rings(txc, rx, v.bytes, count, samples, st);
+      break;
+    }
   }
 }
 
@@ -502,6 +579,23 @@ void run_follower(Handles& h, std::size_t vi, std::uint64_t count) {
     case Kind::eventcount:
       follower_eventcount(h, count);
       break;
+    case Kind::pool: {
+      PoolRx rx{&h.pool_ping};
+      PoolTx tx{&h.pool_pong};
+      follower_rings(rx, tx, count);
+      break;
+    }
+    case Kind::topic:
+    case Kind::topic_clocks: {
+      static TopicRx rx{&g_topic_ping, g_slot_ping, g_topic_ping.slot(g_slot_ping)->ring};
+      static TopicTx<false> tx{&g_topic_pong};
+      static TopicTx<true> txc{&g_topic_pong};
+      if (v.kind == Kind::topic)
+        follower_rings(rx, tx, count);
+      else
+        follower_rings(rx, txc, count);
+      break;
+    }
   }
 }
 
@@ -534,19 +628,6 @@ void command(Handles& h, std::uint32_t& seq, std::size_t vi, std::uint64_t count
 
 // ---- set-up, statistics, report ---------------------------------------------------------------------
 
-double thread_cpu_seconds() {
-  timespec ts;
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
-}
-
-bool pin_self(int cpu) {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
-  return sched_setaffinity(0, sizeof set, &set) == 0;
-}
-
 pid_t g_child = -1;
 volatile sig_atomic_t g_expect_child_exit = 0;
 
@@ -555,37 +636,6 @@ void on_sigchld(int) {
   static const char msg[] = "shmbus-pingpong: the follower died during the run\n";
   (void)!::write(2, msg, sizeof msg - 1);
   _exit(1);
-}
-
-struct Percentiles {
-  double p50, p90, p99, p999, max;
-};
-
-// Nearest-rank percentile of sorted values.
-double pct(const std::vector<double>& sorted, double q) {
-  const auto n = sorted.size();
-  auto idx = static_cast<std::size_t>(std::ceil(q * static_cast<double>(n)));
-  idx = idx == 0 ? 0 : idx - 1;
-  return sorted[std::min(idx, n - 1)];
-}
-
-Percentiles percentiles(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return {pct(v, 0.50), pct(v, 0.90), pct(v, 0.99), pct(v, 0.999), v.back()};
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const auto n = v.size();
-  return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
-std::string cpu_model() {
-  std::ifstream f("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  return "unknown CPU";
 }
 
 struct Options {
@@ -681,6 +731,8 @@ int main(int argc, char** argv) {
   for (std::uint64_t size : {8, 8, 64, 64, 8, 8}) bytes += SpscRing::footprint({kRingCapacity, size, 0});
   bytes += 2 * (sizeof(IndexRingShared) + kRingCapacity * 64 + kCacheLine) +
            2 * (sizeof(IndexRingShared) + kRingCapacity * 128 + kCacheLine);
+  const shmbus::ChunkPoolOptions pool_opts{64, 128, {64}};
+  bytes += 2 * (ChunkPool::footprint(pool_opts) + kCacheLine);
   Segment seg = must(Segment::create(name, {.size = bytes, .kind = "bench"}));
   if (auto st = Segment::remove(name); !st) die(st.error().message());
   Layout l;
@@ -702,7 +754,23 @@ int main(int argc, char** argv) {
   l.ev_pong = must(seg.allocate<EventCountShared>());
   EventCount::init(seg.at(l.ev_ping));
   EventCount::init(seg.at(l.ev_pong));
+  l.pool_ping = must(ChunkPool::place(seg, pool_opts));
+  l.pool_pong = must(ChunkPool::place(seg, pool_opts));
   seg.publish();
+
+  // Two topics as the broker would make them (stream, depth 8, 64-byte messages, one subscriber each),
+  // with the subscriber slot activated; unlinked at once, as the segment above.
+  const std::string domain = "pp" + std::to_string(::getpid());
+  shmbus::TopicOptions to;
+  to.depth = 8;
+  to.max_size = 64;
+  to.max_subscribers = 1;
+  g_topic_ping = must(TopicHandle::create(domain, 1, "pingpong.ping", to));
+  g_topic_pong = must(TopicHandle::create(domain, 2, "pingpong.pong", to));
+  (void)TopicHandle::remove(domain, 1);
+  (void)TopicHandle::remove(domain, 2);
+  g_slot_ping = must(g_topic_ping.activate_slot(shmbus::OwnerId::self(), 1));
+  g_slot_pong = must(g_topic_pong.activate_slot(shmbus::OwnerId::self(), 2));
 
   struct sigaction sa {};
   sa.sa_handler = on_sigchld;
@@ -723,7 +791,7 @@ int main(int argc, char** argv) {
 
   if (g_use_tsc) g_ns_per_tick = calibrate_tsc();
   const double tsc_before = g_ns_per_tick;
-  const double stamp_ns = timestamp_overhead_ns();
+  const double stamp_ns = timestamp_overhead_ns(g_ns_per_tick);
 
   std::uint32_t seq = 0;
   Stats stats;

@@ -10,6 +10,9 @@ SHMBUS_PACKAGES=(
   libcli11-dev          # the shmbus command
   libtomlplusplus-dev   # broker config
   libspdlog-dev libfmt-dev
+  libzmq3-dev           # bench: the zmq-ipc peer (optional at configure time)
+  iceoryx libiceoryx-posh-dev libiceoryx-hoofs-dev  # bench: the iceoryx peer and iox-roudi (optional)
+  gnuplot-nox           # bench: the plots
 )
 
 shmbus_missing_packages() {
