@@ -379,6 +379,18 @@ Status fill_and_send(PortState& p, TopicHandle*& loan_topic, std::uint32_t chunk
 
 }  // namespace detail
 
+namespace detail {
+// The copying publish of Publisher and Producer: loan, copy, publish.
+template <typename Port>
+Status publish_copy(Port& port, std::span<const std::byte> bytes, const Attributes& attrs,
+                    std::chrono::nanoseconds timeout) {
+  auto l = port.loan(bytes.size(), timeout);
+  if (!l) return l.error();
+  std::memcpy(l->data(), bytes.data(), bytes.size());
+  return port.publish(std::move(l).value(), attrs, timeout);
+}
+}  // namespace detail
+
 // ---- Publisher / Producer ----
 
 Publisher::Publisher(Publisher&&) noexcept = default;
@@ -394,10 +406,7 @@ Status Publisher::publish(Loan&& loan, const Attributes& attrs, std::chrono::nan
 }
 Status Publisher::publish(std::span<const std::byte> bytes, const Attributes& attrs,
                           std::chrono::nanoseconds timeout) {
-  auto l = loan(bytes.size(), timeout);
-  if (!l) return l.error();
-  std::memcpy(l->data(), bytes.data(), bytes.size());
-  return publish(std::move(l).value(), attrs, timeout);
+  return detail::publish_copy(*this, bytes, attrs, timeout);
 }
 Status Publisher::publish(std::string_view text, const Attributes& attrs, std::chrono::nanoseconds timeout) {
   return publish(std::as_bytes(std::span<const char>(text.data(), text.size())), attrs, timeout);
@@ -425,10 +434,7 @@ Status Producer::publish(Loan&& loan, const Attributes& attrs, std::chrono::nano
 }
 Status Producer::publish(std::span<const std::byte> bytes, const Attributes& attrs,
                          std::chrono::nanoseconds timeout) {
-  auto l = loan(bytes.size(), timeout);
-  if (!l) return l.error();
-  std::memcpy(l->data(), bytes.data(), bytes.size());
-  return publish(std::move(l).value(), attrs, timeout);
+  return detail::publish_copy(*this, bytes, attrs, timeout);
 }
 Status Producer::publish(std::string_view text, const Attributes& attrs, std::chrono::nanoseconds timeout) {
   return publish(std::as_bytes(std::span<const char>(text.data(), text.size())), attrs, timeout);
