@@ -45,23 +45,23 @@ OwnerId compute_self() {
   return OwnerId::make(pid, start ? static_cast<std::uint32_t>(*start) : 0);
 }
 
-// Written once at first use and again in the child after fork() (pthread_atfork), so a forked child never
-// acts under its parent's id. Relaxed: the value depends only on this process.
-std::atomic<std::uint64_t> g_self{0};
-
 void reset_in_child() {
-  g_self.store(compute_self().value, std::memory_order_relaxed);
+  detail::g_self.store(compute_self().value, std::memory_order_relaxed);
 }
 
 }  // namespace
 
-OwnerId OwnerId::self() {
-  std::uint64_t v = g_self.load(std::memory_order_relaxed);
-  if (__builtin_expect(v != 0, 1)) return OwnerId{v};
+// Written once at first use and again in the child after fork() (pthread_atfork), so a forked child never
+// acts under its parent's id. Relaxed: the value depends only on this process.
+std::atomic<std::uint64_t> detail::g_self{0};
+
+OwnerId OwnerId::self_slow() {
+  std::uint64_t v = detail::g_self.load(std::memory_order_relaxed);
+  if (v != 0) return OwnerId{v};
   static std::once_flag once;
   std::call_once(once, [] { pthread_atfork(nullptr, nullptr, reset_in_child); });
   v = compute_self().value;
-  g_self.store(v, std::memory_order_relaxed);
+  detail::g_self.store(v, std::memory_order_relaxed);
   return OwnerId{v};
 }
 

@@ -11,6 +11,7 @@
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <cstdint>
 #include <optional>
 
@@ -27,11 +28,23 @@ struct OwnerId {
   bool valid() const { return value != 0 && (value >> 63) == 0; }
   friend bool operator==(OwnerId a, OwnerId b) = default;
 
-  // The OwnerId of the calling process. Computed once per process (and again after fork()).
+  // The OwnerId of the calling process. Computed once per process (and again after fork()); inline,
+  // because every ring hand-over asks for it.
   static OwnerId self();
+  static OwnerId self_slow();
   // The OwnerId of a running process, or nullopt if it does not exist (or /proc cannot be read).
   static std::optional<OwnerId> of(pid_t pid);
 };
+
+namespace detail {
+extern std::atomic<std::uint64_t> g_self;  // this process's OwnerId, 0 until first asked (owner.cpp)
+}  // namespace detail
+
+inline OwnerId OwnerId::self() {
+  // Relaxed: the value depends only on this process.
+  const std::uint64_t v = detail::g_self.load(std::memory_order_relaxed);
+  return __builtin_expect(v != 0, 1) ? OwnerId{v} : self_slow();
+}
 
 // True if the process named by `id` still runs (same pid and same start time).
 bool owner_alive(OwnerId id);
