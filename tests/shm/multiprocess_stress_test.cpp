@@ -27,8 +27,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-constexpr auto kChildDeadline = std::chrono::seconds(15);  // a child gives up after this
-constexpr auto kWaitTimeout = std::chrono::seconds(20);    // the parent kills a child after this
+constexpr auto kChildDeadline = std::chrono::seconds(90);  // a child gives up after this (hangs only)
+constexpr auto kWaitTimeout = std::chrono::seconds(100);   // the parent kills a child after this
 constexpr std::uint32_t kMaxProcs = 8;
 
 // Child exit codes.
