@@ -300,7 +300,6 @@ void Delivery::nack() noexcept {
   // be lost, so wait for room (consumers make room as they take messages).
   while (t->push_queue(c, Deadline::after(std::chrono::seconds(1))) != TopicHandle::IoStatus::ok) {
   }
-  t->shared()->published.fetch_sub(1, std::memory_order_relaxed);  // push_queue counted it as a new message
 }
 
 Loan::Loan(Loan&& o) noexcept : topic_(o.topic_), chunk_(o.chunk_), size_(o.size_) {
@@ -367,6 +366,7 @@ Status fill_and_send(PortState& p, TopicHandle*& loan_topic, std::uint32_t chunk
       --p.seq;
       return Error(Errc::timed_out, "queue " + qname(p.name) + " stayed full for the whole timeout");
     }
+    t.shared()->published.fetch_add(1, std::memory_order_relaxed);  // relaxed: a statistic
     loan_topic = nullptr;
     return {};
   }

@@ -437,7 +437,6 @@ TopicHandle::IoStatus TopicHandle::push_queue(std::uint32_t chunk, const Deadlin
     }
     space.wait(key, left);
   }
-  t_->published.fetch_add(1, std::memory_order_relaxed);  // relaxed: a statistic
   EventCount(&t_->not_empty).notify();
   return IoStatus::ok;
 }

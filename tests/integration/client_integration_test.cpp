@@ -293,6 +293,13 @@ TEST(QueueTest, NackPutsTheMessageBackForAnotherConsumer) {
   EXPECT_TRUE(d.redelivered());
   d.ack();
   EXPECT_FALSE(a.try_receive());
+  // A nack is no new message: the counters say one published, taken twice, acked once.
+  auto topics = client.request({{"op", "topics"}});
+  ASSERT_TRUE(topics);
+  const auto& t = (*topics)["topics"][0];
+  EXPECT_EQ(t["published"].get<int>(), 1);
+  EXPECT_EQ(t["delivered"].get<int>(), 2);
+  EXPECT_EQ(t["acked"].get<int>(), 1);
 }
 
 TEST(QueueTest, FullQueueGivesBackPressure) {

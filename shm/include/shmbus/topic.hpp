@@ -293,12 +293,13 @@ class TopicHandle {
   }
 
   // ---- data path (clients) ----
-  enum class IoStatus : std::uint8_t { ok, no_chunk, full, timed_out, no_subscribers };
+  enum class IoStatus : std::uint8_t { ok, no_chunk, timed_out, no_subscribers };
   // Stream: deliver the held chunk to every active subscriber (the chunk is given away in all cases).
   // Waits up to `deadline` only under policy block. Returns ok, or timed_out when some subscriber's
   // ring stayed full (those subscribers miss this message; counted in `dropped`).
   IoStatus publish_stream(std::uint32_t chunk, const Deadline& deadline) noexcept;
-  // Queue: push the held chunk; full -> wait for space until `deadline` (then timed_out; still held).
+  // Queue: push the held chunk (a new message or a nacked one: the caller counts `published`); full ->
+  // wait for space until `deadline` (then timed_out; still held).
   IoStatus push_queue(std::uint32_t chunk, const Deadline& deadline) noexcept;
   // Allocate a chunk, waiting for one until `deadline` (back-pressure).
   IoStatus allocate(std::uint32_t& chunk, const Deadline& deadline) noexcept;
