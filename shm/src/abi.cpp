@@ -38,6 +38,7 @@ constexpr std::uint64_t compute() {
   h = add_type<EventCountShared>(h);
   h = add_type<MessageHeader>(h);
   h = add_type<SubscriberSlot>(h);
+  h = add_type<WaiterRecord>(h);
   h = add_type<TopicShared>(h);
   h = add_type<TopicEntry>(h);
   h = add_type<DirectoryShared>(h);

@@ -120,7 +120,7 @@ void ChunkPool::release(std::uint32_t idx) noexcept {
   // Relaxed: we hold the chunk; R5 in the push below publishes it.
   headers_[idx].last_ring.store(kNoRing, std::memory_order_relaxed);
   // The free ring holds every chunk, so it is never full.
-  const RingStatus st = push_stamped(0, idx, OwnerId::self());
+  const RingStatus st = push_stamped(0, idx, identity());
   SHMBUS_ASSERT(st == RingStatus::ok);
 }
 
@@ -130,7 +130,7 @@ RingStatus ChunkPool::try_push(std::uint32_t ring, std::uint32_t idx) noexcept {
   // try_pop() records the ring) leaves it OWNED(dead) with this ring, so reclaim(redeliver) can put the
   // unacknowledged message back. Relaxed: published by R5 in the push.
   headers_[idx].last_ring.store(ring, std::memory_order_relaxed);
-  return push_stamped(ring, idx, OwnerId::self());
+  return push_stamped(ring, idx, identity());
 }
 
 RingStatus ChunkPool::push_stamped(std::uint32_t ring, std::uint32_t idx, OwnerId self) noexcept {
@@ -193,7 +193,7 @@ RingStatus ChunkPool::push_stamped(std::uint32_t ring, std::uint32_t idx, OwnerI
 RingStatus ChunkPool::try_pop(std::uint32_t ring, std::uint32_t& idx) noexcept {
   SHMBUS_ASSERT(ring < ring_count_);
   MpmcRing& r = rings_[ring];
-  const OwnerId self = OwnerId::self();
+  const OwnerId self = identity();
   for (;;) {
     const std::uint64_t h = r.shared()->head.load(std::memory_order_acquire);
     MpmcRing::Cell& c = r.cell(h);
@@ -255,7 +255,7 @@ bool ChunkPool::in_ring(std::uint32_t idx) const noexcept {
 
 ReclaimReport ChunkPool::reclaim(OwnerId dead, Policy policy) {
   ReclaimReport rep;
-  const OwnerId self = OwnerId::self();
+  const OwnerId self = identity();
   SHMBUS_ASSERT(dead.valid() && !(dead == self));
   for (std::uint32_t idx = 0; idx < count_; ++idx) {
     ChunkHeader& h = headers_[idx];
@@ -347,7 +347,7 @@ PoolCensus ChunkPool::census() const {
       if (seen[idx] != 0)
         c.violations.push_back("chunk " + std::to_string(idx) + " is owned and also queued");
       const OwnerId id{o};
-      if (!id.valid() || !owner_alive(id)) {
+      if (!id.valid() || liveness(id) == Liveness::dead) {
         c.violations.push_back("chunk " + std::to_string(idx) + " is held by pid " +
                                std::to_string(id.pid()) + " (start " + std::to_string(id.start()) +
                                "), which is not running");

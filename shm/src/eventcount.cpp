@@ -54,8 +54,20 @@ void EventCount::notify_slow() noexcept {
 
 bool EventCount::wait(std::uint32_t key, std::chrono::nanoseconds timeout) noexcept {
   const int rc = futex_wait(&s_->seq, key, timeout);
-  s_->futex_sleepers.fetch_sub(1, std::memory_order_relaxed);  // relaxed: only counts, orders nothing
+  withdraw();
   return rc != -ETIMEDOUT;
+}
+
+std::uint32_t EventCount::forget(EventCountShared* shared, std::atomic<std::uint32_t>& account) noexcept {
+  const std::uint32_t n = account.exchange(0, std::memory_order_relaxed);
+  if (n == 0) return 0;
+  // Never below zero: a damaged account must not turn into a huge count (a syscall per notify) either.
+  std::uint32_t cur = shared->futex_sleepers.load(std::memory_order_relaxed);
+  std::uint32_t next;
+  do {
+    next = cur > n ? cur - n : 0;
+  } while (!shared->futex_sleepers.compare_exchange_weak(cur, next, std::memory_order_relaxed));
+  return cur - next;
 }
 
 void EventCount::reset_sleepers() noexcept {

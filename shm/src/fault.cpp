@@ -3,7 +3,10 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <cstring>
+#include <string>
+#include <string_view>
 
 namespace shmbus::fault {
 namespace detail {
@@ -34,5 +37,30 @@ void disarm() {
   detail::g_armed.store(false, std::memory_order_relaxed);
   detail::g_point = nullptr;
 }
+
+bool arm_from_env() {
+#if defined(SHMBUS_FAULT_INJECTION)
+  static std::string point;  // arm() keeps the pointer
+  const char* e = std::getenv("SHMBUS_FAULT");
+  if (e == nullptr) return false;
+  const std::string_view v(e);
+  const auto colon = v.rfind(':');
+  if (colon == std::string_view::npos || colon == 0) return false;
+  char* end = nullptr;
+  const std::string n(v.substr(colon + 1));
+  const unsigned long long nth = std::strtoull(n.c_str(), &end, 10);
+  if (n.empty() || *end != '\0' || nth == 0) return false;
+  point.assign(v.substr(0, colon));
+  arm(point.c_str(), nth, Action::sigkill);
+  return true;
+#else
+  return false;
+#endif
+}
+
+namespace {
+// Processes started with SHMBUS_FAULT set are armed before main().
+[[maybe_unused]] const bool g_armed_from_env = arm_from_env();
+}  // namespace
 
 }  // namespace shmbus::fault

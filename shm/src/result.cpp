@@ -9,6 +9,12 @@ void panic(const char* file, int line, const char* what) noexcept {
   std::abort();
 }
 
+void detail::bad_value_access(const Error& e) noexcept {
+  std::fprintf(stderr, "shmbus: value() called on a Result that holds an error: %s: %s\n",
+               errc_name(e.code()), e.message().c_str());
+  std::abort();
+}
+
 const char* errc_name(Errc e) noexcept {
   switch (e) {
     case Errc::ok:

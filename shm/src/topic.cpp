@@ -1,9 +1,11 @@
 #include "shmbus/topic.hpp"
 
+#include <algorithm>
 #include <bit>
 #include <cstring>
 #include <ctime>
 #include <unordered_set>
+#include <utility>
 
 #include "shmbus/paths.hpp"
 
@@ -27,9 +29,11 @@ ChunkPoolOptions pool_options(const TopicOptions& o) {
   const std::uint64_t depth = round_depth(o.depth);
   p.chunk_size = sizeof(MessageHeader) + o.attrs_max + o.max_size;
   if (o.kind == TopicKind::queue) {
-    // The ring's worth, plus chunks in flight: loaned by producers, held unacked by consumers.
+    // The ring's worth, plus chunks in flight: loaned by producers, held unacked by consumers. The ring
+    // has a cell for every chunk, so that a message put back (nack, redelivery) always finds room:
+    // producers stop at `depth` on their own (push_queue), consumers never wait to give a message back.
     p.chunk_count = static_cast<std::uint32_t>(depth + 64);
-    p.ring_capacities = {depth};
+    p.ring_capacities = {std::bit_ceil(std::uint64_t{p.chunk_count})};
   } else {
     // Every subscriber ring full, plus chunks held as samples and loans.
     p.chunk_count = static_cast<std::uint32_t>(depth * o.max_subscribers + 16 + 4 * o.max_subscribers);
@@ -322,7 +326,9 @@ Result<TopicHandle> TopicHandle::create(std::string_view domain, std::uint64_t i
   if (o.kind == TopicKind::queue) o.max_subscribers = 0;
   const ChunkPoolOptions po = pool_options(o);
   const std::size_t size = sizeof(SegmentHeader) + sizeof(TopicShared) + kCacheLine +
-                           (o.max_subscribers + 1) * sizeof(SubscriberSlot) + ChunkPool::footprint(po) + 4096;
+                           (o.max_subscribers + 1) * sizeof(SubscriberSlot) +
+                           kWaiterRecords * sizeof(WaiterRecord) + kCacheLine + ChunkPool::footprint(po) +
+                           4096;
   const std::string seg_name = topic_segment_name(domain, id);
   auto seg = Segment::create(seg_name, {.size = size, .mode = o.mode, .group = o.group, .kind = kTopicKind});
   if (!seg) return seg.error();
@@ -338,6 +344,8 @@ Result<TopicHandle> TopicHandle::create(std::string_view domain, std::uint64_t i
     if (!s) return fail(s.error());
     sref = *s;
   }
+  auto wref = seg->allocate<WaiterRecord>(kWaiterRecords, kCacheLine);
+  if (!wref) return fail(wref.error());
   auto pref = ChunkPool::place(*seg, po);
   if (!pref) return fail(pref.error());
   TopicShared* t = seg->at(*tref);
@@ -350,6 +358,8 @@ Result<TopicHandle> TopicHandle::create(std::string_view domain, std::uint64_t i
   t->attrs_max = o.attrs_max;
   t->pool_offset = pref->offset;
   t->subscribers_offset = sref.offset;
+  t->waiters_offset = wref->offset;
+  t->waiter_count = kWaiterRecords;
   put_name(t->name, &t->name_len, name);
   EventCount::init(&t->not_empty);
   EventCount::init(&t->space);
@@ -385,6 +395,15 @@ Result<TopicHandle> TopicHandle::open(std::string_view domain, std::uint64_t id)
   const std::uint32_t want_rings = t->kind == 2 ? 2 : t->max_subscribers + 1;
   if (pool->ring_count() != want_rings) return bad("ring count does not match the kind");
   if (pool->chunk_size() < sizeof(MessageHeader) + t->attrs_max + t->max_size) return bad("chunks too small");
+  if (t->waiter_count > (1u << 16) ||
+      !seg->in_bounds(t->waiters_offset, std::uint64_t{t->waiter_count} * sizeof(WaiterRecord)) ||
+      t->waiters_offset % alignof(WaiterRecord) != 0)
+    return bad("waiter records outside the mapping");
+  if (t->depth < 2 || !std::has_single_bit(t->depth) || t->depth > pool->ring(1).capacity())
+    return bad("depth " + std::to_string(t->depth) + " does not fit the rings");
+  h.waiters_ = t->waiter_count > 0 ? seg->at(Ref<WaiterRecord>{t->waiters_offset}, t->waiter_count) : nullptr;
+  h.waiter_count_ = t->waiter_count;
+  h.depth_ = t->depth;
   h.pool_ = std::move(pool).value();
   h.slots_ = t->max_subscribers > 0 ? seg->at(Ref<SubscriberSlot>{t->subscribers_offset}, t->max_subscribers)
                                     : nullptr;
@@ -396,24 +415,70 @@ Status TopicHandle::remove(std::string_view domain, std::uint64_t id) {
   return Segment::remove(topic_segment_name(domain, id));
 }
 
+TopicHandle& TopicHandle::operator=(TopicHandle&& o) noexcept {
+  if (this != &o) {
+    held_ = std::move(o.held_);
+    seg_ = std::move(o.seg_);
+    t_ = std::exchange(o.t_, nullptr);
+    slots_ = std::exchange(o.slots_, nullptr);
+    waiters_ = std::exchange(o.waiters_, nullptr);
+    waiter_count_ = std::exchange(o.waiter_count_, 0);
+    depth_ = std::exchange(o.depth_, 0);
+    // Relaxed: moving a handle is not concurrent with its use.
+    record_.store(o.record_.exchange(-1, std::memory_order_relaxed), std::memory_order_relaxed);
+    pool_ = o.pool_;
+  }
+  return *this;
+}
+
+void poll_pause(std::chrono::nanoseconds left) noexcept {
+  const auto d = std::min<std::chrono::nanoseconds>(left, std::chrono::milliseconds(1));
+  const timespec ts{0, static_cast<long>(d.count())};
+  ::nanosleep(&ts, nullptr);
+}
+
+// ---- waiter records ----
+
+WaiterRecord* TopicHandle::claim_record() noexcept {
+  const std::uint64_t me = identity().value;
+  // A record this process claimed through another handle (or another thread) is reused first.
+  for (std::uint32_t i = 0; i < waiter_count_; ++i)
+    if (waiters_[i].owner.load(std::memory_order_acquire) == me) {
+      record_.store(static_cast<std::int32_t>(i), std::memory_order_relaxed);
+      return &waiters_[i];
+    }
+  for (std::uint32_t i = 0; i < waiter_count_; ++i) {
+    std::uint64_t expected = 0;
+    // acq_rel: pairs with the broker's release store that freed the record (after zeroing its counts).
+    if (waiters_[i].owner.load(std::memory_order_relaxed) == 0 &&
+        waiters_[i].owner.compare_exchange_strong(expected, me, std::memory_order_acq_rel)) {
+      record_.store(static_cast<std::int32_t>(i), std::memory_order_relaxed);
+      return &waiters_[i];
+    }
+  }
+  record_.store(-2, std::memory_order_relaxed);
+  return nullptr;
+}
+
+std::atomic<std::uint32_t>* TopicHandle::account(WaitOn on) noexcept {
+  // Relaxed: a process-local cache of an index; the record itself was claimed with acq_rel.
+  const std::int32_t r = record_.load(std::memory_order_relaxed);
+  WaiterRecord* rec = r >= 0 && static_cast<std::uint32_t>(r) < waiter_count_ &&
+                              waiters_[r].owner.load(std::memory_order_relaxed) == identity().value
+                          ? &waiters_[r]
+                          : claim_record();
+  if (rec == nullptr) return nullptr;
+  return on == WaitOn::not_empty ? &rec->not_empty : &rec->space;
+}
+
 // ---- data path ----
 
 TopicHandle::IoStatus TopicHandle::allocate(std::uint32_t& chunk, const Deadline& deadline) noexcept {
   if (pool_.try_allocate(chunk) == RingStatus::ok) return IoStatus::ok;
-  EventCount space(&t_->space);
-  for (;;) {
-    const std::uint32_t key = space.prepare_wait();
-    if (pool_.try_allocate(chunk) == RingStatus::ok) {
-      space.cancel_wait();
-      return IoStatus::ok;
-    }
-    const auto left = deadline.left();
-    if (left <= std::chrono::nanoseconds::zero()) {
-      space.cancel_wait();
-      return IoStatus::no_chunk;
-    }
-    space.wait(key, left);
-  }
+  return wait_for(
+             WaitOn::space, [&] { return pool_.try_allocate(chunk) == RingStatus::ok; }, deadline)
+             ? IoStatus::ok
+             : IoStatus::no_chunk;
 }
 
 void TopicHandle::release(std::uint32_t chunk) noexcept {
@@ -422,21 +487,19 @@ void TopicHandle::release(std::uint32_t chunk) noexcept {
 }
 
 TopicHandle::IoStatus TopicHandle::push_queue(std::uint32_t chunk, const Deadline& deadline) noexcept {
-  EventCount space(&t_->space);
-  for (;;) {
-    if (pool_.try_push(kQueueRing, chunk) == RingStatus::ok) break;
-    const std::uint32_t key = space.prepare_wait();
-    if (pool_.try_push(kQueueRing, chunk) == RingStatus::ok) {
-      space.cancel_wait();
-      break;
-    }
-    const auto left = deadline.left();
-    if (left <= std::chrono::nanoseconds::zero()) {
-      space.cancel_wait();
-      return IoStatus::timed_out;
-    }
-    space.wait(key, left);
-  }
+  // Below depth, push. The check and the push are two steps, so concurrent producers may overshoot depth
+  // by one message each; the ring has room for every chunk, so the push itself never fails for room.
+  const auto room = [&] {
+    return pool_.ring(kQueueRing).size_approx() < depth_ &&
+           pool_.try_push(kQueueRing, chunk) == RingStatus::ok;
+  };
+  if (!wait_for(WaitOn::space, room, deadline)) return IoStatus::timed_out;
+  EventCount(&t_->not_empty).notify();
+  return IoStatus::ok;
+}
+
+TopicHandle::IoStatus TopicHandle::requeue(std::uint32_t chunk) noexcept {
+  if (pool_.try_push(kQueueRing, chunk) != RingStatus::ok) return IoStatus::timed_out;
   EventCount(&t_->not_empty).notify();
   return IoStatus::ok;
 }
@@ -466,44 +529,30 @@ TopicHandle::IoStatus TopicHandle::publish_stream(std::uint32_t chunk, const Dea
       std::memcpy(pool_.data(c), pool_.data(chunk), used);
     }
     SubscriberSlot& s = slots_[i];
-    EventCount space(&t_->space);
     // The chunk is ours alone (a copy, or the original for the last subscriber): stamp the tail misses.
     // Load first: the exchange (a write) is needed only in the rare case that there is a gap to report.
     const auto gap = s.gap.load(std::memory_order_relaxed) == 0
                          ? 0u
                          : static_cast<std::uint32_t>(s.gap.exchange(0, std::memory_order_relaxed));
     header(c)->missed_before = gap;
-    for (;;) {
-      if (pool_.try_push(s.ring, c) == RingStatus::ok) {
-        EventCount(&s.ec).notify();
-        break;
-      }
-      if (overflow() == Overflow::drop_oldest) {
+    const auto pushed = [&] { return pool_.try_push(s.ring, c) == RingStatus::ok; };
+    if (overflow() == Overflow::drop_oldest) {
+      while (!pushed()) {
         std::uint32_t old;
         if (pool_.try_pop(s.ring, old) == RingStatus::ok) {
-          pool_.release(old);
+          release(old);  // wakes an allocator that waits for a chunk
           s.dropped.fetch_add(1, std::memory_order_relaxed);
           t_->dropped.fetch_add(1, std::memory_order_relaxed);
         }
-        continue;
       }
-      const std::uint32_t key = space.prepare_wait();
-      if (pool_.try_push(s.ring, c) == RingStatus::ok) {
-        space.cancel_wait();
-        EventCount(&s.ec).notify();
-        break;
-      }
-      const auto left = deadline.left();
-      if (left <= std::chrono::nanoseconds::zero()) {
-        space.cancel_wait();
-        release(c);
-        s.gap.fetch_add(gap + 1, std::memory_order_relaxed);  // this one and those it was to report
-        t_->dropped.fetch_add(1, std::memory_order_relaxed);
-        result = IoStatus::timed_out;
-        break;
-      }
-      space.wait(key, left);
+    } else if (!wait_for(WaitOn::space, pushed, deadline)) {
+      release(c);
+      s.gap.fetch_add(gap + 1, std::memory_order_relaxed);  // this one and those it was to report
+      t_->dropped.fetch_add(1, std::memory_order_relaxed);
+      result = IoStatus::timed_out;
+      continue;
     }
+    EventCount(&s.ec).notify();
   }
   return result;
 }
@@ -517,6 +566,7 @@ std::uint64_t TopicHandle::drain_ring(std::uint32_t ring) {
     pool_.release(c);
     ++n;
   }
+  if (n != 0) EventCount(&t_->space).notify();  // an allocator may wait for these chunks
   return n;
 }
 
@@ -541,9 +591,14 @@ Status TopicHandle::adopt_slot(std::uint32_t i, OwnerId owner, std::uint64_t por
                  "topic " + quoted(name()) + " has no subscriber slot " + std::to_string(i));
   SubscriberSlot& s = slots_[i];
   if (s.state.load(std::memory_order_relaxed) == kSlotActive) {
-    if (s.owner.load(std::memory_order_relaxed) == owner.value) return {};  // re-registration
-    return Error(Errc::already_exists, "subscriber slot " + std::to_string(i) + " of topic " +
-                                           quoted(name()) + " belongs to another process");
+    if (s.owner.load(std::memory_order_relaxed) != owner.value)
+      return Error(Errc::already_exists, "subscriber slot " + std::to_string(i) + " of topic " +
+                                             quoted(name()) + " belongs to another process");
+    // Re-registration (a new broker, a reconnect). The bit may be missing: a broker killed between the
+    // state store and the fetch_or below. R7 as below; a no-op when the bit is set.
+    s.port.store(port, std::memory_order_relaxed);
+    t_->active_mask.fetch_or(1ULL << i, std::memory_order_release);
+    return {};
   }
   drain_ring(s.ring);
   // Relaxed stores: published by R7 below.
@@ -554,6 +609,7 @@ Status TopicHandle::adopt_slot(std::uint32_t i, OwnerId owner, std::uint64_t por
   s.delivered.store(0, std::memory_order_relaxed);
   EventCount(&s.ec).reset_sleepers();
   s.state.store(kSlotActive, std::memory_order_relaxed);
+  SHMBUS_FAULT_POINT("topic.activate.before_mask");  // the state says active, the mask does not yet
   t_->active_mask.fetch_or(1ULL << i, std::memory_order_release);  // R7
   return {};
 }
@@ -562,6 +618,7 @@ void TopicHandle::free_slot(std::uint32_t i) {
   if (i >= t_->max_subscribers) return;
   SubscriberSlot& s = slots_[i];
   t_->active_mask.fetch_and(~(1ULL << i), std::memory_order_release);
+  SHMBUS_FAULT_POINT("topic.free.after_mask");  // the mask says free, the state does not yet
   if (s.state.load(std::memory_order_relaxed) == kSlotActive)
     t_->delivered.fetch_add(s.delivered.exchange(0, std::memory_order_relaxed), std::memory_order_relaxed);
   s.state.store(kSlotFree, std::memory_order_relaxed);
@@ -569,25 +626,46 @@ void TopicHandle::free_slot(std::uint32_t i) {
   drain_ring(s.ring);
 }
 
-void TopicHandle::retry_held() {
+std::uint32_t TopicHandle::repair_mask() {
+  std::uint32_t changed = 0;
+  for (std::uint32_t i = 0; i < t_->max_subscribers; ++i) {
+    const bool active = slots_[i].state.load(std::memory_order_relaxed) == kSlotActive;
+    const bool set = (t_->active_mask.load(std::memory_order_relaxed) >> i) & 1;
+    if (active == set) continue;
+    ++changed;
+    // R7 (release), as in adopt_slot() and free_slot().
+    if (active)
+      t_->active_mask.fetch_or(1ULL << i, std::memory_order_release);
+    else
+      t_->active_mask.fetch_and(~(1ULL << i), std::memory_order_release);
+  }
+  return changed;
+}
+
+std::uint64_t TopicHandle::retry_held() {
+  std::uint64_t requeued = 0;
   std::vector<std::uint32_t> still;
   for (std::uint32_t c : held_) {
     const std::uint32_t ring = pool_.header(c).last_ring.load(std::memory_order_relaxed);
-    if (kind() == TopicKind::queue && ring == kQueueRing && pool_.try_push(kQueueRing, c) == RingStatus::ok) {
-      EventCount(&t_->not_empty).notify();
+    if (kind() == TopicKind::queue && ring == kQueueRing) {
+      if (requeue(c) == IoStatus::ok) {
+        // Counted now that it is back in the queue, as reclaim() counts those it pushes at once.
+        pool_.shared()->redelivered.fetch_add(1, std::memory_order_relaxed);  // relaxed: a statistic
+        ++requeued;
+      } else {
+        still.push_back(c);
+      }
       continue;
     }
-    if (kind() == TopicKind::queue) {
-      still.push_back(c);
-    } else {
-      release(c);
-    }
+    release(c);
   }
   held_ = std::move(still);
+  return requeued;
 }
 
-std::uint64_t TopicHandle::drain_free_slots() {
-  retry_held();
+std::uint64_t TopicHandle::drain_free_slots(std::uint64_t* requeued) {
+  const std::uint64_t r = retry_held();
+  if (requeued != nullptr) *requeued = r;
   std::uint64_t n = 0;
   for (std::uint32_t i = 0; i < t_->max_subscribers; ++i)
     if (slots_[i].state.load(std::memory_order_relaxed) == kSlotFree) n += drain_ring(slots_[i].ring);
@@ -595,6 +673,14 @@ std::uint64_t TopicHandle::drain_free_slots() {
 }
 
 ReclaimReport TopicHandle::reclaim(OwnerId dead) {
+  for (std::uint32_t i = 0; i < waiter_count_; ++i) {
+    WaiterRecord& w = waiters_[i];
+    if (w.owner.load(std::memory_order_acquire) != dead.value) continue;
+    EventCount::forget(&t_->not_empty, w.not_empty);
+    EventCount::forget(&t_->space, w.space);
+    // Release: a process that claims the record next sees its counts zeroed.
+    w.owner.store(0, std::memory_order_release);
+  }
   for (std::uint32_t i = 0; i < t_->max_subscribers; ++i)
     if (slots_[i].state.load(std::memory_order_relaxed) == kSlotActive &&
         slots_[i].owner.load(std::memory_order_relaxed) == dead.value)
@@ -607,13 +693,25 @@ ReclaimReport TopicHandle::reclaim(OwnerId dead) {
   return rep;
 }
 
-std::vector<OwnerId> TopicHandle::dead_owners() const {
+std::vector<OwnerId> TopicHandle::dead_owners(std::vector<OwnerId>* unknown) const {
   std::unordered_set<std::uint64_t> seen, dead;
+  const OwnerId me = identity();
   auto consider = [&](std::uint64_t v) {
     const OwnerId id{v};
-    if (!id.valid() || id == OwnerId::self() || !seen.insert(v).second) return;
-    if (!owner_alive(id)) dead.insert(v);
+    if (!id.valid() || id == me || !seen.insert(v).second) return;
+    switch (liveness(id)) {
+      case Liveness::dead:
+        dead.insert(v);
+        break;
+      case Liveness::unknown:
+        if (unknown != nullptr) unknown->push_back(id);
+        break;
+      case Liveness::alive:
+        break;
+    }
   };
+  for (std::uint32_t i = 0; i < waiter_count_; ++i)
+    consider(waiters_[i].owner.load(std::memory_order_acquire));
   for (std::uint32_t i = 0; i < pool_.chunk_count(); ++i) {
     const std::uint64_t o = pool_.header(i).owner.load(std::memory_order_acquire);
     if (!ChunkPool::is_queued(o)) {

@@ -136,6 +136,12 @@ class ChunkPool {
 
   ChunkPool() = default;
 
+  // The OwnerId this handle stamps on what it takes and pushes. Unset (the default), each operation
+  // stamps OwnerId::self(), which a forked child recomputes; a client of a broker sets the identity the
+  // broker gave it at hello (its pid in the broker's pid namespace, see owner.hpp).
+  void set_identity(OwnerId id) noexcept { identity_ = id; }
+  OwnerId identity() const noexcept { return identity_.value != 0 ? identity_ : OwnerId::self(); }
+
   // ---- hot path (never allocates, never blocks, never throws) ----
   // Take a free chunk: OWNED(self). RingStatus::empty when none is free.
   RingStatus try_allocate(std::uint32_t& idx) noexcept { return try_pop(0, idx); }
@@ -185,6 +191,7 @@ class ChunkPool {
   std::uint64_t chunk_size_ = 0;
   std::uint32_t count_ = 0;
   std::uint32_t ring_count_ = 0;
+  OwnerId identity_{};
   MpmcRing rings_[kMaxPoolRings];
 };
 

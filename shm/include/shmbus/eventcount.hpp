@@ -18,8 +18,22 @@
 // atomic_thread_fence(seq_cst), N3 sleepers.load, N4 seq.fetch_add + wake. The fences put W1 and N2 in one
 // total order: if N3 reads 0, W1 came after N2, so W3 sees N1's data. If N3 reads a sleeper, N4 changes seq,
 // and FUTEX_WAIT compares seq with the key atomically in the kernel, so W4 either does not sleep or is
-// woken. A waiter killed while counted leaves the count high: notifiers then make needless syscalls (never a
-// hang) until the owner of the structure calls reset_sleepers() after reclaiming the dead process.
+// woken.
+//
+// Dead waiters. A waiter killed while counted would leave futex_sleepers high forever, and every notify
+// would then make a needless FUTEX_WAKE (never a hang, but a syscall per message). Two cures:
+//  - an EventCount that only one process waits on (a subscriber slot's) is reset by its supervisor once
+//    that process is known dead (reset_sleepers());
+//  - an EventCount that many processes wait on is used with an *account*: a 32-bit counter of the
+//    waiting process's own, in shared memory (a topic's waiter records), that says how many of its
+//    threads are counted in futex_sleepers now. The waiter adds to futex_sleepers first and to its
+//    account second, and withdraws from its account first and from futex_sleepers second, so an account
+//    never exceeds what its process contributes. Once the process is dead, its supervisor calls
+//    forget(account): subtracting the frozen account removes only the dead process's own counts, never a
+//    live waiter's (which would be a lost wake-up). A process killed in the one-instruction window
+//    between the two steps of entry leaves one count behind: a needless syscall per notify, never a hang.
+//    Account updates are relaxed: the supervisor reads an account only after the process is dead, and its
+//    exit (seen through a pidfd or /proc) orders every store it made.
 #pragma once
 
 #include <atomic>
@@ -49,7 +63,10 @@ int futex_wake(std::atomic<std::uint32_t>* word, int count);
 class EventCount {
  public:
   EventCount() = default;
-  explicit EventCount(EventCountShared* shared) : s_(shared) {}
+  // `account`: this process's counter of its waiters on `shared` (see "Dead waiters"), or null when the
+  // EventCount has one waiting process and its supervisor resets it instead.
+  explicit EventCount(EventCountShared* shared, std::atomic<std::uint32_t>* account = nullptr)
+      : s_(shared), account_(account) {}
 
   // Initialise the shared part in a fresh segment (creator only, before publish).
   static void init(EventCountShared* shared) noexcept;
@@ -71,7 +88,8 @@ class EventCount {
   // --- futex waiter side -----------------------------------------------------------------------------
   // W1 + W2: announce, then return the key to pass to wait().
   std::uint32_t prepare_wait() noexcept {
-    s_->futex_sleepers.fetch_add(1, std::memory_order_seq_cst);  // W1: pairs with N2.
+    s_->futex_sleepers.fetch_add(1, std::memory_order_seq_cst);                  // W1: pairs with N2.
+    if (account_ != nullptr) account_->fetch_add(1, std::memory_order_relaxed);  // after W1: see header
     // W1': the fence orders W1 before the caller's re-check (W3), which is usually an acquire load; a
     // seq_cst RMW alone does not order later non-seq_cst loads in the C++ model (free on x86: the RMW
     // is a full barrier already).
@@ -79,7 +97,7 @@ class EventCount {
     return s_->seq.load(std::memory_order_seq_cst);  // W2: pairs with N4's fetch_add.
   }
   // The condition came true during W3: withdraw.
-  void cancel_wait() noexcept { s_->futex_sleepers.fetch_sub(1, std::memory_order_relaxed); }
+  void cancel_wait() noexcept { withdraw(); }
   // W4: sleep until seq != key, a wake, or the timeout; then withdraw. Returns false on timeout.
   bool wait(std::uint32_t key, std::chrono::nanoseconds timeout) noexcept;
 
@@ -110,12 +128,21 @@ class EventCount {
 
   // After the owner reclaimed a dead waiter: zero the counts (no one may be waiting at this moment).
   void reset_sleepers() noexcept;
+  // Supervisor: `account` belongs to a process that is dead; take its counts out of futex_sleepers and
+  // zero it. Returns how many counts it removed.
+  static std::uint32_t forget(EventCountShared* shared, std::atomic<std::uint32_t>& account) noexcept;
 
   EventCountShared* shared() const { return s_; }
 
  private:
+  // Leave the count: the account first, then futex_sleepers (see "Dead waiters"). Relaxed: counts only.
+  void withdraw() noexcept {
+    if (account_ != nullptr) account_->fetch_sub(1, std::memory_order_relaxed);
+    s_->futex_sleepers.fetch_sub(1, std::memory_order_relaxed);
+  }
   void notify_slow() noexcept;
   EventCountShared* s_ = nullptr;
+  std::atomic<std::uint32_t>* account_ = nullptr;
   int notify_fd_ = -1;
 };
 

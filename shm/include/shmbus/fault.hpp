@@ -2,7 +2,9 @@
 // shared structure survives a SIGKILL at exactly that step.
 //
 // A test arms one point in a (forked) child with `fault::arm("mpmc.push.after_claim", n, action)`; the
-// n-th time the child passes that point it calls `_exit(kFaultExitCode)` or `raise(SIGKILL)`. With
+// n-th time the child passes that point it calls `_exit(kFaultExitCode)` or `raise(SIGKILL)`. A process
+// started with SHMBUS_FAULT=<point>:<n> in its environment (a broker under a soak test) is armed with
+// SIGKILL at start-up; arm_from_env() does the same on demand. With
 // SHMBUS_FAULT_INJECTION off (the release preset) the macro compiles to nothing. With it on, a point
 // that is not armed costs one relaxed load of a process-local flag.
 #pragma once
@@ -18,6 +20,9 @@ inline constexpr int kFaultExitCode = 86;
 // Arm `point` (a string literal compared by content) to fire on its `nth` pass (1 = the first).
 void arm(const char* point, std::uint64_t nth, Action action = Action::sigkill);
 void disarm();
+// Arm from SHMBUS_FAULT=<point>:<n> if set (a no-op without fault injection compiled in). Returns true if
+// it armed a point; a malformed value is ignored.
+bool arm_from_env();
 
 namespace detail {
 extern std::atomic<bool> g_armed;

@@ -1,8 +1,9 @@
 // Result<T>: the return type of every setup call in libshmbus.
 //
 // A Result holds either a value or an Error (an Errc plus a message that names the thing and the fix).
-// It never throws; reading the value of an error Result, or the error of a value Result, aborts with
-// file:line, because that is a broken invariant in the caller. The hot path does not use Result: it
+// It never throws; reading the value of an error Result aborts with the error's code and message (so
+// `connect().value()` in a quick program says why it failed), and reading the error of a value Result
+// aborts with file:line: both are broken invariants in the caller. The hot path does not use Result: it
 // returns [[nodiscard]] status enums instead, so that it never builds a message string.
 #pragma once
 
@@ -67,6 +68,11 @@ class Error {
   std::string message_;
 };
 
+namespace detail {
+// value() on an error Result: print the error and abort.
+[[noreturn]] void bad_value_access(const Error& e) noexcept;
+}  // namespace detail
+
 template <typename T>
 class [[nodiscard]] Result {
  public:
@@ -77,11 +83,11 @@ class [[nodiscard]] Result {
   explicit operator bool() const noexcept { return has_value(); }
 
   T& value() & {
-    SHMBUS_ASSERT(has_value());
+    if (__builtin_expect(!has_value(), 0)) detail::bad_value_access(std::get<1>(v_));
     return std::get<0>(v_);
   }
   T&& value() && {
-    SHMBUS_ASSERT(has_value());
+    if (__builtin_expect(!has_value(), 0)) detail::bad_value_access(std::get<1>(v_));
     return std::get<0>(std::move(v_));
   }
   T* operator->() { return &value(); }

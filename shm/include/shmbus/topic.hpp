@@ -8,7 +8,9 @@
 //  - kind queue:  one message ring (pool ring 1) shared by all consumers. A producer allocates a chunk,
 //    writes it and pushes it; a consumer pops it (each message reaches one consumer), and acks
 //    (release) or nacks (push back, flagged redelivered). A consumer that dies before acking has its
-//    chunks pushed back by reclaim(redeliver).
+//    chunks pushed back by reclaim(redeliver). The ring has a cell for every chunk of the pool, so a
+//    message that goes back (a nack, a redelivery) always finds room and never waits for a consumer;
+//    `depth` bounds new messages only: a producer waits while the ring holds depth messages or more.
 //  - kind stream: one ring per subscriber (pool ring 1 + slot). The broker activates a SubscriberSlot
 //    and sets its bit in `active_mask`; a publisher pushes each message into every active slot's ring:
 //    the last subscriber gets the chunk the publisher wrote (zero copy), the others a copy. When a ring is
@@ -21,6 +23,12 @@
 // Processes: the broker creates topic segments, activates and frees subscriber slots, drains rings and
 // reclaims; clients publish, receive, ack. The data path (TopicHandle's publish/receive) never talks to
 // the broker and takes no lock.
+//
+// Waiting: a process that waits on a topic-wide EventCount (not_empty, space) is counted in its own
+// WaiterRecord, claimed by CAS on first wait and freed by the broker when the process is dead: the broker
+// then subtracts what the record says from the EventCount (eventcount.hpp, "Dead waiters"), so a waiter
+// killed while parked does not make every later notify a syscall. A process that finds every record
+// taken waits without being counted, by sleeping 1 ms between checks (slower, never wrong).
 //
 // Memory ordering: message bytes are published by the pool's hand-over (R5/R3 -> A3/A5, see
 // chunk_pool.hpp). active_mask: the broker drains a slot's ring, then sets the owner and state
@@ -129,6 +137,18 @@ static_assert(offsetof(SubscriberSlot, ec) == 2 * kCacheLine);
 inline constexpr std::uint32_t kSlotFree = 0;
 inline constexpr std::uint32_t kSlotActive = 1;
 
+// One per process that waits on the topic's not_empty or space: how many of its threads are counted in
+// each EventCount's futex_sleepers now (the accounts of eventcount.hpp).
+struct WaiterRecord {
+  std::atomic<std::uint64_t> owner;      // OwnerId; 0 when free. Claimed by CAS (acq_rel), freed by the
+                                         // broker with a release store once the owner is dead.
+  std::atomic<std::uint32_t> not_empty;  // its threads counted in TopicShared::not_empty
+  std::atomic<std::uint32_t> space;      // its threads counted in TopicShared::space
+};
+static_assert(sizeof(WaiterRecord) == 16);
+static_assert(std::is_standard_layout_v<WaiterRecord>);
+inline constexpr std::uint32_t kWaiterRecords = 256;  // per topic; more waiting processes poll (see above)
+
 struct TopicShared {
   std::uint64_t topic_id;
   std::uint32_t kind;      // TopicKind
@@ -139,9 +159,11 @@ struct TopicShared {
   std::uint32_t attrs_max;
   std::uint64_t pool_offset;         // Ref<ChunkPoolShared>
   std::uint64_t subscribers_offset;  // Ref<SubscriberSlot>[max_subscribers] (streams)
+  std::uint64_t waiters_offset;      // Ref<WaiterRecord>[waiter_count]
+  std::uint32_t waiter_count;
   std::uint32_t name_len;
   char name[kNameCap];
-  std::uint8_t pad0[kCacheLine - ((52 + kNameCap) % kCacheLine)];
+  std::uint8_t pad0[kCacheLine - ((72 + kNameCap) % kCacheLine)];
   alignas(kCacheLine) std::atomic<std::uint64_t> active_mask;  // streams: bit i = slot i active (R7/A7)
   std::uint8_t pad1[kCacheLine - 8];
   // Statistics, relaxed. Written by publishers on one line and by receivers on another, so that a
@@ -156,6 +178,7 @@ struct TopicShared {
   EventCountShared not_empty;  // queue consumers sleep here
   EventCountShared space;      // producers / blocking publishers sleep here
 };
+static_assert(offsetof(TopicShared, name) == 72);
 static_assert(offsetof(TopicShared, active_mask) % kCacheLine == 0);
 static_assert(offsetof(TopicShared, published) % kCacheLine == 0);
 static_assert(offsetof(TopicShared, not_empty) % kCacheLine == 0);
@@ -258,6 +281,9 @@ class Deadline {
 
 // ---- a topic segment ----
 
+// Sleep min(1 ms, left): the wait of a process that has no waiter record.
+void poll_pause(std::chrono::nanoseconds left) noexcept;
+
 class TopicHandle {
  public:
   // Broker: create and publish the segment of a new topic.
@@ -268,8 +294,12 @@ class TopicHandle {
   static Status remove(std::string_view domain, std::uint64_t id);
 
   TopicHandle() = default;
-  TopicHandle(TopicHandle&&) noexcept = default;
-  TopicHandle& operator=(TopicHandle&&) noexcept = default;
+  TopicHandle(TopicHandle&& other) noexcept { *this = std::move(other); }
+  TopicHandle& operator=(TopicHandle&& other) noexcept;
+
+  // The OwnerId this handle stamps (chunks, waiter records); see ChunkPool::set_identity().
+  void set_identity(OwnerId id) noexcept { pool_.set_identity(id); }
+  OwnerId identity() const noexcept { return pool_.identity(); }
 
   TopicShared* shared() const { return t_; }
   ChunkPool& pool() { return pool_; }
@@ -298,26 +328,47 @@ class TopicHandle {
   // Waits up to `deadline` only under policy block. Returns ok, or timed_out when some subscriber's
   // ring stayed full (those subscribers miss this message; counted in `dropped`).
   IoStatus publish_stream(std::uint32_t chunk, const Deadline& deadline) noexcept;
-  // Queue: push the held chunk (a new message or a nacked one: the caller counts `published`); full ->
-  // wait for space until `deadline` (then timed_out; still held).
+  // Queue: push a new message (the caller counts `published`). While the queue holds `depth` messages or
+  // more, wait for space until `deadline` (then timed_out; the chunk is still held).
   IoStatus push_queue(std::uint32_t chunk, const Deadline& deadline) noexcept;
+  // Queue: put back a message taken from it (a nack, a redelivery). Never waits: the ring has a cell for
+  // every chunk. timed_out only if the ring is damaged (the chunk is then still held).
+  IoStatus requeue(std::uint32_t chunk) noexcept;
   // Allocate a chunk, waiting for one until `deadline` (back-pressure).
   IoStatus allocate(std::uint32_t& chunk, const Deadline& deadline) noexcept;
   // Give back a chunk (a released sample, an acked delivery) and wake a blocked publisher if any.
   void release(std::uint32_t chunk) noexcept;
 
+  // Wait until ready() (which may take something: a chunk, a message), spinning `spin` times first,
+  // then parking on the topic's not_empty or space counted in this process's waiter record. False when
+  // the deadline passed first (ready() is tried once more at the end).
+  enum class WaitOn : std::uint8_t { not_empty, space };
+  template <typename Ready>
+  bool wait_for(WaitOn on, Ready&& ready, const Deadline& deadline, std::uint32_t spin = 0) noexcept;
+  // This process's account on not_empty or space (claiming a waiter record on first use), or null when
+  // every record is taken.
+  std::atomic<std::uint32_t>* account(WaitOn on) noexcept;
+
   // ---- broker ----
   // Activate a free subscriber slot for `owner`; returns its index. Drains the slot's ring first.
   Result<std::uint32_t> activate_slot(OwnerId owner, std::uint64_t port);
-  // Re-activate a given slot for an owner that reconnects after a broker restart (idempotent).
+  // Re-activate a given slot for an owner that reconnects after a broker restart (idempotent; sets the
+  // slot's active_mask bit even when the slot was active already).
   Status adopt_slot(std::uint32_t slot, OwnerId owner, std::uint64_t port);
   void free_slot(std::uint32_t slot);
-  // Return the chunks in the rings of free slots (stragglers pushed after a slot was freed).
-  std::uint64_t drain_free_slots();
-  // Reclaim what `dead` held (queue: redeliver; stream: free), free its slots.
+  // Broker, at adoption: make active_mask agree with the slots' states (a broker killed between a slot's
+  // state store and its mask update leaves them apart). Returns how many bits it changed.
+  std::uint32_t repair_mask();
+  // Return the chunks in the rings of free slots (stragglers pushed after a slot was freed), and retry
+  // held redeliveries (*requeued counts those that went back to the queue).
+  std::uint64_t drain_free_slots(std::uint64_t* requeued = nullptr);
+  // Reclaim what `dead` held (queue: redeliver; stream: free), free its slots and its waiter records.
   ReclaimReport reclaim(OwnerId dead);
-  // Owners named in chunk owner words or slots that are no longer running.
-  std::vector<OwnerId> dead_owners() const;
+  // Owners named in chunk owner words, slots or waiter records that are provably dead (liveness() ==
+  // dead). Those whose liveness cannot be told are added to *unknown, and never reclaimed.
+  std::vector<OwnerId> dead_owners(std::vector<OwnerId>* unknown = nullptr) const;
+  // Chunks the broker took for redelivery and could not push yet (retried every sweep).
+  std::size_t held() const { return held_.size(); }
   std::uint32_t active_subscribers() const;
   std::uint64_t queued_messages() const;  // messages in the rings now
   // Messages taken by receivers: for a queue the topic counter; for a stream the active slots' counters
@@ -326,12 +377,51 @@ class TopicHandle {
 
  private:
   std::uint64_t drain_ring(std::uint32_t ring);
-  void retry_held();
+  std::uint64_t retry_held();
+  WaiterRecord* claim_record() noexcept;
   std::vector<std::uint32_t> held_;  // broker: redeliveries that met a full ring, retried by the sweep
   Segment seg_;
   TopicShared* t_ = nullptr;
   SubscriberSlot* slots_ = nullptr;
+  WaiterRecord* waiters_ = nullptr;
+  std::uint32_t waiter_count_ = 0;
+  std::uint64_t depth_ = 0;
+  // This process's waiter record: -1 until the first wait claims one, -2 when none was free (then the
+  // claim is retried at each wait). Atomic: the threads of a process share a handle.
+  std::atomic<std::int32_t> record_{-1};
   ChunkPool pool_;
 };
+
+template <typename Ready>
+bool TopicHandle::wait_for(WaitOn on, Ready&& ready, const Deadline& deadline, std::uint32_t spin) noexcept {
+  if (ready()) return true;  // before any clock read
+  for (std::uint32_t i = 0; i < spin; ++i) {
+    if (ready()) return true;
+    __builtin_ia32_pause();
+  }
+  std::atomic<std::uint32_t>* acc = account(on);
+  if (acc == nullptr) {  // no waiter record: poll, uncounted, so that dying here leaks nothing
+    for (;;) {
+      if (ready()) return true;
+      const auto left = deadline.left();
+      if (left <= std::chrono::nanoseconds::zero()) return ready();
+      poll_pause(left);
+    }
+  }
+  EventCount ec(on == WaitOn::not_empty ? &t_->not_empty : &t_->space, acc);
+  for (;;) {
+    const std::uint32_t key = ec.prepare_wait();  // W1, W2
+    if (ready()) {                                // W3
+      ec.cancel_wait();
+      return true;
+    }
+    const auto left = deadline.left();
+    if (left <= std::chrono::nanoseconds::zero()) {
+      ec.cancel_wait();
+      return ready();
+    }
+    ec.wait(key, left);  // W4
+  }
+}
 
 }  // namespace shmbus
