@@ -72,6 +72,7 @@ class Fd {
   }
   ~Fd() { reset(); }
   int get() const { return fd_; }
+  int release() { return std::exchange(fd_, -1); }
   explicit operator bool() const { return fd_ >= 0; }
   void reset() {
     if (fd_ >= 0) ::close(fd_);
@@ -128,6 +129,7 @@ std::uint64_t req_uint(const json& r, const char* key) {
 struct SlotRecord {
   std::uint64_t topic_id;
   std::uint32_t slot;
+  std::uint64_t port;  // the client's port id, by which a timed-out subscribe is undone
 };
 
 struct Session {
@@ -166,22 +168,86 @@ void chown_segment(const std::string& name, std::optional<gid_t> gid) {
   if (fd >= 0) ::close(fd);
 }
 
-// The pid written in another broker's pid file; it may be a moment late (that broker took the lock
-// first), so wait up to a second for it.
-std::optional<long> read_pid_file(const std::string& path) {
-  for (int i = 0; i < 20; ++i) {
-    if (FILE* f = std::fopen(path.c_str(), "re")) {
-      long pid = 0;
-      const int n = std::fscanf(f, "%ld", &pid);
-      std::fclose(f);
-      if (n == 1 && pid > 0) return pid;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  return std::nullopt;
+}  // namespace
+
+// ---- the domain lock ----
+
+std::string domain_lock_path(std::string_view domain) {
+  return "/dev/shm/shmbus." + std::string(domain) + ".lock";
 }
 
-}  // namespace
+Result<DomainLock> DomainLock::take(std::string_view domain, const std::string& holder) {
+  const std::string path = domain_lock_path(domain);
+  // O_NOFOLLOW: /dev/shm is writable by everyone; a symlink planted there must not redirect the lock.
+  Fd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
+  if (!fd) return Error::from_errno(errno, "cannot open the domain lock " + path);
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) return Error::from_errno(errno, "cannot stat " + path);
+  if (!S_ISREG(st.st_mode) || st.st_uid != ::geteuid())
+    return Error(Errc::permission_denied,
+                 "the domain lock " + path + " is owned by uid " + std::to_string(st.st_uid) +
+                     ", not by this user (uid " + std::to_string(::geteuid()) +
+                     "): another user holds domain \"" + std::string(domain) + "\"; pick another domain");
+  if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    if (err != EWOULDBLOCK) return Error::from_errno(err, "cannot lock " + path);
+    // The holder writes its pid and runtime directory right after it locks: wait a moment for them.
+    std::string who;
+    for (int i = 0; i < 20 && who.empty(); ++i) {
+      char buf[512];
+      const ssize_t n = ::pread(fd.get(), buf, sizeof buf - 1, 0);
+      if (n > 0 && buf[n - 1] == '\n') who.assign(buf, static_cast<std::size_t>(n - 1));
+      if (who.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return Error(Errc::already_exists, "a broker for domain " + std::string(domain) + " already runs (" +
+                                           (who.empty() ? std::string("pid unknown") : who) + ")");
+  }
+  // Ours: say who holds it, for the error above.
+  const std::string text = holder + "\n";
+  if (::ftruncate(fd.get(), 0) != 0 ||
+      ::pwrite(fd.get(), text.data(), text.size(), 0) != static_cast<ssize_t>(text.size()))
+    return Error::from_errno(errno, "cannot write " + path);
+  DomainLock l;
+  l.fd_ = fd.release();
+  return l;
+}
+
+DomainLock::~DomainLock() {
+  if (fd_ >= 0) {
+    // Empty it before the unlock (a broker that finds it empty says "pid unknown", never a stale pid).
+    // The file stays: unlinking a lock file lets two processes lock two different files.
+    (void)::ftruncate(fd_, 0);
+    ::close(fd_);
+  }
+}
+
+// /dev/shm/shmbus.<domain>.<id> and shmbus.<domain>.dir: every segment of a domain.
+std::vector<std::string> domain_segments(std::string_view domain) {
+  const std::string prefix = "shmbus." + std::string(domain) + ".";
+  std::vector<std::string> out;
+  DIR* dp = ::opendir("/dev/shm");
+  if (dp == nullptr) return out;
+  while (dirent* e = ::readdir(dp)) {
+    const std::string_view name(e->d_name);
+    if (name.substr(0, prefix.size()) != prefix) continue;
+    const std::string_view rest = name.substr(prefix.size());
+    const bool topic =
+        !rest.empty() && rest.size() <= 19 && rest.find_first_not_of("0123456789") == std::string_view::npos;
+    if (topic || rest == "dir") out.emplace_back(name.substr(std::string_view("shmbus.").size()));
+  }
+  ::closedir(dp);
+  return out;
+}
+
+Result<std::size_t> purge_domain(std::string_view domain) {
+  if (auto st = check_domain_name(domain); !st) return st.error();
+  auto lock = DomainLock::take(domain, "purge by pid " + std::to_string(::getpid()));
+  if (!lock) return lock.error();
+  std::size_t n = 0;
+  for (const std::string& name : domain_segments(domain))
+    if (Segment::remove(name)) ++n;
+  return n;
+}
 
 struct Broker::Impl {
   BrokerOptions opt;
@@ -190,7 +256,7 @@ struct Broker::Impl {
   std::string dir;
   std::string sock_path;
   std::string pid_path;
-  Fd lock;
+  std::optional<DomainLock> lock;
   Fd listen;
   Fd ep;
   Fd sig;
@@ -208,7 +274,9 @@ struct Broker::Impl {
   Clock::time_point idle_since = Clock::now();
   std::uint32_t idle_exit_s = kDefaultIdleExitS;
   std::uint64_t ticks = 0;
+  std::map<std::uint64_t, Clock::time_point> unknown_warned;  // owners of unknown liveness, last warned
   bool stop_requested = false;
+  bool purge = false;    // remove every segment at shutdown (--purge-on-exit, or stop with "purge")
   bool serving = false;  // start() succeeded: shutdown() may remove the segments
   bool shut_down = false;
 
@@ -250,21 +318,14 @@ struct Broker::Impl {
   }
 
   Status take_lock() {
-    const std::string lock_path = dir + "/broker.lock";
-    lock = Fd(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
-    if (!lock) return Error::from_errno(errno, "cannot open " + lock_path);
-    if (::flock(lock.get(), LOCK_EX | LOCK_NB) != 0) {
-      const int err = errno;
-      if (err != EWOULDBLOCK) return Error::from_errno(err, "cannot lock " + lock_path);
-      lock.reset();
-      const auto pid = read_pid_file(pid_path);
-      return Error(Errc::already_exists, "a broker for domain " + domain + " already runs (pid " +
-                                             (pid ? std::to_string(*pid) : std::string("unknown")) + ")");
-    }
+    auto l = DomainLock::take(domain, "pid " + std::to_string(::getpid()) + ", runtime dir " + runtime_dir);
+    if (!l) return l.error();
+    lock.emplace(std::move(l).value());
     // The lock is ours: whatever socket or pid file is there was left by a broker that died.
     const std::string text = std::to_string(::getpid()) + "\n";
     const std::string tmp = pid_path + ".tmp";
-    Fd f(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+    ::unlink(tmp.c_str());  // a leftover of a broker killed mid-write (we hold the lock)
+    Fd f(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644));
     if (!f || ::write(f.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size()) ||
         ::rename(tmp.c_str(), pid_path.c_str()) != 0)
       return Error::from_errno(errno, "cannot write " + pid_path);
@@ -318,6 +379,11 @@ struct Broker::Impl {
         continue;
       }
       Topic t{std::move(h).value(), info.name};
+      if (const std::uint32_t fixed = t.handle.repair_mask(); fixed != 0)
+        spdlog::warn(
+            "topic {}: {} subscriber mask bit(s) disagreed with their slots (a broker died between "
+            "the two stores): repaired",
+            in_quotes(info.name), fixed);
       reclaim_dead(t, "adopting the topic");
       by_name[info.name] = info.id;
       topics.emplace(info.id, std::move(t));
@@ -348,21 +414,15 @@ struct Broker::Impl {
   // /dev/shm/shmbus.<domain>.<id> with no directory entry: left by a broker killed between creating a
   // segment and recording it, or by a directory that was replaced.
   std::size_t remove_orphan_segments() {
-    const std::string prefix = "shmbus." + domain + ".";
+    const std::string prefix = domain + ".";
     std::size_t n = 0;
-    DIR* dp = ::opendir("/dev/shm");
-    if (dp == nullptr) return 0;
     std::vector<std::uint64_t> orphans;
-    while (dirent* e = ::readdir(dp)) {
-      const std::string_view name(e->d_name);
-      if (name.substr(0, prefix.size()) != prefix) continue;
-      const std::string_view rest = name.substr(prefix.size());
-      if (rest.empty() || rest.size() > 19 || rest.find_first_not_of("0123456789") != std::string_view::npos)
-        continue;
-      const std::uint64_t id = std::stoull(std::string(rest));
+    for (const std::string& name : domain_segments(domain)) {
+      const std::string rest = name.substr(prefix.size());
+      if (rest == "dir") continue;
+      const std::uint64_t id = std::stoull(rest);
       if (!topics.contains(id)) orphans.push_back(id);
     }
-    ::closedir(dp);
     for (std::uint64_t id : orphans) {
       spdlog::warn("removing segment {} of domain \"{}\": no directory entry names it",
                    topic_segment_name(domain, id), domain);
@@ -466,7 +526,20 @@ struct Broker::Impl {
 
   // Reclaim whatever processes named in `t` held that no longer run.
   void reclaim_dead(Topic& t, const char* when) {
-    for (OwnerId dead : t.handle.dead_owners()) {
+    std::vector<OwnerId> unknown;
+    const auto dead_ids = t.handle.dead_owners(&unknown);
+    const auto now = Clock::now();
+    for (OwnerId u : unknown) {
+      // Never reclaimed: without proof of death its chunks may be in use. Said once a minute per owner.
+      auto [it, fresh] = unknown_warned.try_emplace(u.value, now);
+      if (!fresh && now - it->second < std::chrono::seconds(60)) continue;
+      it->second = now;
+      spdlog::warn(
+          "topic {}: cannot tell whether process {} runs (its /proc entry is unreadable to the "
+          "broker); what it holds stays with it",
+          in_quotes(t.name), u.pid());
+    }
+    for (OwnerId dead : dead_ids) {
       const std::uint32_t before = t.handle.active_subscribers();
       fold_owner_delivered(t.handle, dead);
       const ReclaimReport r = t.handle.reclaim(dead);
@@ -512,16 +585,37 @@ struct Broker::Impl {
         send_now(fd.get(), control::error_reply(Error(Errc::no_space, msg)));
         continue;
       }
+      if (cred.pid <= 0) {
+        // The client's pid namespace is not visible from ours (a sibling container, or the host while
+        // the broker runs in a container): we could neither watch it nor prove its death.
+        const std::string msg =
+            "the broker cannot see this process (SO_PEERCRED gives pid 0: it runs in a pid namespace that "
+            "is not the broker's or below it); run the broker in this process's pid namespace or an "
+            "ancestor of it";
+        spdlog::warn("refusing a client of uid {}: {}", cred.uid, msg);
+        send_now(fd.get(), control::error_reply(Error(Errc::unavailable, msg)));
+        continue;
+      }
       Fd pidfd(pidfd_open(cred.pid));
       if (!pidfd) {
         spdlog::debug("client pid {} left before it was registered ({})", cred.pid, std::strerror(errno));
         continue;
       }
-      auto owner = OwnerId::of(cred.pid);
-      if (!owner) {
-        spdlog::debug("client pid {} left before it was registered", cred.pid);
+      int err = 0;
+      const auto start = read_start_time(cred.pid, &err);
+      if (!start) {
+        pollfd pf{pidfd.get(), POLLIN, 0};
+        if (::poll(&pf, 1, 0) == 1) {
+          spdlog::debug("client pid {} left before it was registered", cred.pid);
+          continue;
+        }
+        const std::string msg = "the broker cannot read /proc/" + std::to_string(cred.pid) + "/stat (" +
+                                std::strerror(err) + "), which it needs to identify the client; try again";
+        spdlog::warn("refusing client pid {}: {}", cred.pid, msg);
+        send_now(fd.get(), control::error_reply(Error(Errc::unavailable, msg)));
         continue;
       }
+      const std::optional<OwnerId> owner = OwnerId::make(cred.pid, static_cast<std::uint32_t>(*start));
       auto s = std::make_unique<Session>();
       s->id = next_session++;
       s->pid = cred.pid;
@@ -649,32 +743,42 @@ struct Broker::Impl {
   }
 
   // Answer with an error and drop the connection; the broker itself carries on.
-  void protocol_failure(Session& s, const Error& e) {
+  void protocol_failure(Session& s, const Error& e, const json* req = nullptr) {
     spdlog::warn("{}: {}; disconnecting it", s.who(), e.message());
-    reply(s, control::error_reply(e));
+    json answer = control::error_reply(e);
+    if (req != nullptr) echo_id(*req, answer);
+    reply(s, answer);
     close_session(s, "of a protocol error");
+  }
+
+  // Every reply carries the request's req_id, so a client tells a late answer from the one it waits for.
+  static void echo_id(const json& req, json& answer) {
+    if (auto rid = req.find("req_id"); rid != req.end() && rid->is_number_unsigned()) answer["req_id"] = *rid;
   }
 
   // Handle one request. False when the session was closed.
   bool dispatch(Session& s, const json& req) {
     auto op_it = req.find("op");
     if (op_it == req.end() || !op_it->is_string()) {
-      protocol_failure(s, Error(Errc::protocol_error, "control frame without \"op\""));
+      protocol_failure(s, Error(Errc::protocol_error, "control frame without \"op\""), &req);
       return false;
     }
     const std::string op = op_it->get<std::string>();
     if (!s.hello) {
       if (op != "hello") {
         protocol_failure(
-            s, Error(Errc::protocol_error, "the first request must be \"hello\", not " + in_quotes(op)));
+            s, Error(Errc::protocol_error, "the first request must be \"hello\", not " + in_quotes(op)),
+            &req);
         return false;
       }
       auto v = req.find("version");
       if (v == req.end() || !v->is_number_integer() || v->get<std::int64_t>() != control::kProtocolVersion) {
         protocol_failure(
-            s, Error(Errc::version_mismatch, "the broker speaks control protocol version " +
-                                                 std::to_string(control::kProtocolVersion) + ", the client " +
-                                                 (v == req.end() ? std::string("named none") : v->dump())));
+            s,
+            Error(Errc::version_mismatch, "the broker speaks control protocol version " +
+                                              std::to_string(control::kProtocolVersion) + ", the client " +
+                                              (v == req.end() ? std::string("named none") : v->dump())),
+            &req);
         return false;
       }
       if (auto c = req.find("client"); c != req.end() && c->is_string()) {
@@ -684,10 +788,14 @@ struct Broker::Impl {
       }
       s.hello = true;
       spdlog::debug("{} registered (uid {}, gid {})", s.who(), s.uid, s.gid);
-      reply(s, {{"ok", true},
-                {"version", control::kProtocolVersion},
-                {"broker_pid", ::getpid()},
-                {"domain", domain}});
+      json answer = {{"ok", true},
+                     {"version", control::kProtocolVersion},
+                     {"broker_pid", ::getpid()},
+                     {"domain", domain},
+                     {"pid", s.pid},                // this client, as the broker sees it
+                     {"identity", s.owner.value}};  // what it stamps on shared memory (owner.hpp)
+      echo_id(req, answer);
+      reply(s, answer);
       return sessions.contains(s.id) && s.sock;
     }
     json answer;
@@ -696,6 +804,7 @@ struct Broker::Impl {
     } catch (const BadRequest& e) {
       answer = control::error_reply(e.error);
     }
+    echo_id(req, answer);
     reply(s, answer);
     return true;
   }
@@ -713,9 +822,17 @@ struct Broker::Impl {
     if (op == "unsubscribe") return op_unsubscribe(s, req);
     if (op == "reattach") return op_reattach(s, req);
     if (op == "stop") {
-      spdlog::info("{} asked the broker to stop", s.who());
+      bool purge_now = false;
+      if (auto p = req.find("purge"); p != req.end() && !p->is_null()) {
+        if (!p->is_boolean())
+          throw BadRequest{Error(Errc::invalid_argument, "\"purge\" must be true or false")};
+        purge_now = p->get<bool>();
+      }
+      spdlog::info("{} asked the broker to stop{}", s.who(),
+                   purge_now ? " and purge the domain's segments" : "");
+      purge = purge || purge_now;
       stop_requested = true;
-      return {{"ok", true}};
+      return {{"ok", true}, {"purge", purge}};
     }
     if (op == "hello")
       throw BadRequest{Error(Errc::protocol_error, "\"hello\" was already sent on this connection")};
@@ -783,7 +900,7 @@ struct Broker::Impl {
     if (auto st = TopicHandle::remove(domain, id); !st)
       spdlog::warn("topic {}: removing segment: {}", in_quotes(name), st.error().message());
     spdlog::info("deleted topic {} (id {})", in_quotes(name), id);
-    return {{"ok", true}};
+    return {{"ok", true}, {"name", name}};
   }
 
   json op_subscribe(Session& s, const json& req) {
@@ -792,25 +909,32 @@ struct Broker::Impl {
     auto slot = t.handle.activate_slot(s.owner, port);
     if (!slot) throw BadRequest{slot.error()};
     const std::uint64_t id = t.handle.shared()->topic_id;
-    s.slots.push_back({id, *slot});
+    s.slots.push_back({id, *slot, port});
     spdlog::debug("{} subscribed to {} (slot {})", s.who(), in_quotes(t.name), *slot);
-    return {{"ok", true}, {"id", id}, {"slot", *slot}};
+    return {{"ok", true}, {"name", t.name}, {"id", id}, {"slot", *slot}, {"port", port}};
   }
 
   json op_unsubscribe(Session& s, const json& req) {
     Topic& t = need_topic(req_string(req, "name"));
-    const std::uint64_t slot = req_uint(req, "slot");
+    const std::optional<std::uint64_t> slot = opt_uint(req, "slot");
+    const std::optional<std::uint64_t> port = slot ? std::nullopt : opt_uint(req, "port");
+    if (!slot && !port)
+      throw BadRequest{Error(Errc::invalid_argument, "unsubscribe needs \"slot\" or \"port\" (an integer)")};
     const std::uint64_t id = t.handle.shared()->topic_id;
-    auto it = std::find_if(s.slots.begin(), s.slots.end(),
-                           [&](const SlotRecord& r) { return r.topic_id == id && r.slot == slot; });
+    auto it = std::find_if(s.slots.begin(), s.slots.end(), [&](const SlotRecord& r) {
+      return r.topic_id == id && (slot ? r.slot == *slot : r.port == port.value_or(0));
+    });
     if (it == s.slots.end())
       throw BadRequest{Error(Errc::not_found, "this connection holds no subscriber slot " +
-                                                  std::to_string(slot) + " of topic " + in_quotes(t.name))};
-    fold_slot_delivered(t.handle, it->slot);
-    t.handle.free_slot(it->slot);
+                                                  (slot ? std::to_string(*slot)
+                                                        : "for port " + std::to_string(port.value_or(0))) +
+                                                  " of topic " + in_quotes(t.name))};
+    const std::uint32_t freed = it->slot;
+    fold_slot_delivered(t.handle, freed);
+    t.handle.free_slot(freed);
     s.slots.erase(it);
-    spdlog::debug("{} unsubscribed from {} (slot {})", s.who(), in_quotes(t.name), slot);
-    return {{"ok", true}};
+    spdlog::debug("{} unsubscribed from {} (slot {})", s.who(), in_quotes(t.name), freed);
+    return {{"ok", true}, {"name", t.name}, {"slot", freed}};
   }
 
   json op_reattach(Session& s, const json& req) {
@@ -830,9 +954,9 @@ struct Broker::Impl {
       throw BadRequest{st.error()};
     const bool known = std::any_of(s.slots.begin(), s.slots.end(),
                                    [&](const SlotRecord& r) { return r.topic_id == id && r.slot == slot; });
-    if (!known) s.slots.push_back({id, static_cast<std::uint32_t>(slot)});
+    if (!known) s.slots.push_back({id, static_cast<std::uint32_t>(slot), port});
     spdlog::debug("{} reattached to {} (slot {})", s.who(), in_quotes(t.name), slot);
-    return {{"ok", true}, {"id", id}, {"slot", slot}};
+    return {{"ok", true}, {"name", t.name}, {"id", id}, {"slot", slot}, {"port", port}};
   }
 
   // The socket closed or failed: free the session's slots, and find out whether the process is gone.
@@ -876,13 +1000,14 @@ struct Broker::Impl {
       redelivered += r.redelivered;
       slots += before - std::min(before, t.handle.active_subscribers());
     }
-    if (freed != 0 || redelivered != 0 || slots != 0)
-      spdlog::info(
-          "{} died: reclaimed {} chunk(s) to the pools, redelivered {} queue message(s), freed {} subscriber "
-          "slot(s)",
-          s.who(), freed, redelivered, slots);
-    else
-      spdlog::debug("{} exited", s.who());
+    std::uint64_t held = 0;
+    for (auto& [id, t] : topics) held += t.handle.held();
+    // Every exit, with what it left: a clean one reclaims nothing, a crash shows what came back.
+    spdlog::info(
+        "{} exited: reclaimed {} chunk(s) to the pools, redelivered {} queue message(s), freed {} "
+        "subscriber slot(s){}",
+        s.who(), freed, redelivered, slots,
+        held != 0 ? fmt::format("; {} message(s) wait to be redelivered", held) : std::string());
     ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, s.pidfd.get(), nullptr);
     const std::uint64_t id = s.id;
     sessions.erase(id);  // s is gone
@@ -901,7 +1026,13 @@ struct Broker::Impl {
     while (::read(timer.get(), &expirations, sizeof expirations) > 0) {
     }
     ++ticks;
-    for (auto& [id, t] : topics) t.handle.drain_free_slots();
+    for (auto& [id, t] : topics) {
+      std::uint64_t requeued = 0;
+      t.handle.drain_free_slots(&requeued);
+      if (requeued != 0)
+        spdlog::info("topic {}: redelivered {} held message(s) ({} still held)", in_quotes(t.name), requeued,
+                     t.handle.held());
+    }
     if (ticks % kSweepEveryTicks == 0)
       for (auto& [id, t] : topics) reclaim_dead(t, "found by the periodic sweep");
     const auto now = Clock::now();
@@ -971,26 +1102,31 @@ struct Broker::Impl {
       ::unlink(sock_path.c_str());
     }
     // Best effort: a reply still pending (the "ok" to stop) goes out before the socket closes. Slots stay
-    // as they are: with --keep-segments a client that keeps running reattaches to the next broker.
+    // as they are: a client that keeps running reattaches to the next broker.
     for (auto& [id, s] : sessions)
       if (s->sock && !s->wbuf.empty())
         (void)::send(s->sock.get(), s->wbuf.data(), s->wbuf.size(), MSG_NOSIGNAL);
     sessions.clear();
     if (directory && serving) {
-      if (opt.keep_segments) {
-        spdlog::info("keeping {} topic segment(s) and the directory (--keep-segments)", topics.size());
+      if (!purge && !opt.purge_on_exit) {
+        std::uint64_t queued = 0;
+        for (auto& [id, t] : topics) queued += t.handle.queued_messages();
+        spdlog::info(
+            "keeping {} topic(s) and {} queued message(s) for the next broker (purge with `shmbus "
+            "stop --purge`)",
+            topics.size(), queued);
         topics.clear();
       } else {
-        for (auto& [id, t] : topics) (void)TopicHandle::remove(domain, id);
         topics.clear();
-        directory->unlink();
-        spdlog::info("removed the segments of domain \"{}\"", domain);
+        std::size_t n = 0;
+        for (const std::string& name : domain_segments(domain))
+          if (Segment::remove(name)) ++n;
+        spdlog::info("purged domain \"{}\": removed {} segment(s)", domain, n);
       }
     }
     directory.reset();
     if (pid_written) ::unlink(pid_path.c_str());
-    lock.reset();  // releases the flock; broker.lock stays (unlinking it would let two brokers lock two
-                   // files)
+    lock.reset();  // releases the flock (the file stays: see DomainLock)
   }
 };
 

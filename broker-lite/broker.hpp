@@ -1,11 +1,17 @@
 // Broker: the supervisor of one bus domain (`shmbus broker`).
 //
-// What it owns: the domain's lock (<domain dir>/broker.lock, an exclusive flock: one broker per domain),
-// its pid file (broker.pid), its control socket (broker.sock), the topic directory segment (the broker is
-// its only writer) and every topic segment. What it does: answers the control protocol of
+// What it owns: the domain's lock (/dev/shm/shmbus.<domain>.lock, an exclusive flock beside the segments
+// it guards, so that one broker runs per domain whatever runtime directory each was started with), its pid
+// file (<domain dir>/broker.pid), its control socket (broker.sock), the topic directory segment (the
+// broker is its only writer) and every topic segment. What it does: answers the control protocol of
 // shmbus/detail/control.hpp, activates and frees subscriber slots, and reclaims what a dead client held.
 // The data path never passes through it: if the broker dies, clients keep exchanging messages, and a new
 // broker adopts the segments it finds (after validating them) or removes them.
+//
+// What survives a broker: topics and their queued messages outlive every broker exit (stop, SIGTERM,
+// idle exit of an autostarted broker, SIGKILL) and are adopted by the next broker. Only `topic delete`,
+// `shmbus stop --purge`, `shmbus broker --purge-on-exit` or purge_domain() remove them. The bus lives in
+// RAM (/dev/shm): a reboot empties it.
 //
 // Threads: a Broker is driven by one thread, the one that calls run(); it is a single epoll loop over the
 // listening socket, one socket and one pidfd per client, a signalfd (SIGTERM, SIGINT) and a timerfd that
@@ -30,6 +36,9 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
 
 #include "config.hpp"
 #include "shmbus/result.hpp"
@@ -41,11 +50,33 @@ struct BrokerOptions {
   BrokerConfig config;
   bool autostart = false;                    // started by a client: exit when idle
   std::optional<std::uint32_t> idle_exit_s;  // overrides config.idle_exit_s; default 10
-  bool keep_segments = false;                // leave the directory and topic segments at shutdown
+  bool purge_on_exit = false;                // remove the directory and every topic segment at shutdown
   std::chrono::milliseconds tick{200};       // sweep period
 };
 
 inline constexpr std::uint32_t kDefaultIdleExitS = 10;
+
+// The one-broker-per-domain lock: an exclusive flock on /dev/shm/shmbus.<domain>.lock, created
+// O_NOFOLLOW, refused when another uid owns it. The holder writes `holder` into it (its pid and runtime
+// directory) so that a second broker's refusal names the first. Released when destroyed.
+class DomainLock {
+ public:
+  static Result<DomainLock> take(std::string_view domain, const std::string& holder);
+  DomainLock(DomainLock&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+  DomainLock& operator=(DomainLock&&) = delete;
+  ~DomainLock();
+
+ private:
+  DomainLock() = default;
+  int fd_ = -1;
+};
+
+std::string domain_lock_path(std::string_view domain);
+// The names (for Segment::remove) of every segment of `domain` in /dev/shm: the directory and the topics.
+std::vector<std::string> domain_segments(std::string_view domain);
+// Remove every segment of a domain while no broker runs (takes the lock; Errc::already_exists when a
+// broker holds it). Returns how many segments it removed.
+Result<std::size_t> purge_domain(std::string_view domain);
 
 class Broker {
  public:
@@ -59,8 +90,9 @@ class Broker {
   ~Broker();  // shuts down if run() has not
 
   // Serve until SIGTERM/SIGINT, a "stop" request, or (autostart) idle_exit_s seconds without clients; then
-  // shut down: close every connection, unlink the socket and pid file, and remove the segments unless
-  // keep_segments. Returns the process exit status (0, or 1 after a fatal loop error).
+  // shut down: close every connection and unlink the socket and pid file. The segments stay for the
+  // next broker unless purge_on_exit or a stop request with "purge". Returns the process exit status (0,
+  // or 1 after a fatal loop error).
   int run();
 
   const std::string& domain() const;

@@ -156,7 +156,7 @@ int run_broker(const BrokerArgs& a) {
   o.domain = a.domain;
   o.autostart = a.autostart;
   o.idle_exit_s = a.idle_exit_s;
-  o.keep_segments = a.keep_segments;
+  o.purge_on_exit = a.purge_on_exit;
   auto b = broker::Broker::start(std::move(o));
   if (!b) {
     std::cerr << "shmbus broker: " << b.error().message() << "\n";
@@ -284,15 +284,22 @@ int run_stats(const std::string& domain, const std::string& format) {
   return kExitOk;
 }
 
-int run_stop(const std::string& domain) {
+int run_stop(const std::string& domain, bool purge) {
   long pid = 0;
   {
     auto c = connect_management(domain, "stop");
+    if (!c && c.error().code() == Errc::unavailable && purge) {
+      // Nobody runs the domain: purge it here, under the same lock a broker would take.
+      auto n = broker::purge_domain(domain);
+      if (!n) return fail("stop", n.error());
+      std::cout << "no broker runs for domain " << in_quotes(domain) << "; purged " << *n << " segment(s)\n";
+      return kExitOk;
+    }
     if (!c) return fail("stop", c.error());
     auto s = c->request({{"op", "status"}});
     if (!s) return fail("stop", s.error());
     pid = s->value("pid", 0L);
-    auto r = c->request({{"op", "stop"}});
+    auto r = c->request({{"op", "stop"}, {"purge", purge}});
     if (!r) return fail("stop", r.error());
   }
   // Wait for the broker to be gone, so that what runs next (a new broker, a test) finds the domain free.
@@ -306,7 +313,8 @@ int run_stop(const std::string& domain) {
       return kExitFailure;
     }
   }
-  std::cout << "stopped the broker of domain " << in_quotes(domain) << " (pid " << pid << ")\n";
+  std::cout << "stopped the broker of domain " << in_quotes(domain) << " (pid " << pid << ")"
+            << (purge ? "; purged its segments" : "; its topics stay for the next broker") << "\n";
   return kExitOk;
 }
 
@@ -432,6 +440,7 @@ int run_sub(const SubArgs& a) {
     deadline = Clock::now() +
                std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(*a.timeout_s));
   std::uint64_t got = 0;
+  std::uint64_t missed = 0;  // messages a stream dropped for us (drop-oldest) or we missed (block)
   while (!a.count || got < *a.count) {
     if (g_interrupted.load(std::memory_order_relaxed)) break;
     std::chrono::nanoseconds slice = 100ms;  // wake up now and then to see an interrupt
@@ -445,6 +454,13 @@ int run_sub(const SubArgs& a) {
       if (!s) {
         if (s.error().code() == Errc::timed_out) continue;
         return fail(cmd, s.error());
+      }
+      if (s->missed() != 0) {
+        missed += s->missed();
+        // In text mode the output alone cannot show a gap; in JSON each object carries "missed".
+        if (a.format == "text")
+          std::cerr << "shmbus sub: missed " << s->missed() << " message(s) before the next one (seq "
+                    << s->seq() << ")\n";
       }
       if (!write_line(render(*s, a, s->missed(), std::nullopt))) {
         std::cerr << "shmbus sub: cannot write to stdout\n";
@@ -466,11 +482,19 @@ int run_sub(const SubArgs& a) {
     }
     ++got;
   }
+  const std::string missed_note =
+      missed != 0 ? "; missed " + std::to_string(missed) + " message(s) the stream dropped" : std::string();
   if (a.count && got < *a.count) {
     if (g_interrupted.load(std::memory_order_relaxed))
-      std::cerr << "shmbus " << cmd << ": interrupted after " << got << " of " << *a.count << " message(s)\n";
+      std::cerr << "shmbus " << cmd << ": interrupted after " << got << " of " << *a.count << " message(s)"
+                << missed_note << "\n";
     else
-      std::cerr << "shmbus " << cmd << ": timed out after " << got << " of " << *a.count << " message(s)\n";
+      std::cerr << "shmbus " << cmd << ": timed out after " << got << " of " << *a.count << " message(s)"
+                << missed_note << "\n";
+    return kExitFailure;
+  }
+  if (missed != 0) {
+    std::cerr << "shmbus " << cmd << ": received " << got << " message(s)" << missed_note << "\n";
     return kExitFailure;
   }
   return kExitOk;

@@ -29,8 +29,8 @@ struct BrokerArgs {
   std::string config;  // -c FILE
   bool autostart = false;
   std::optional<std::uint32_t> idle_exit_s;
-  bool keep_segments = false;
-  std::string log_level;  // empty: the config's, else info
+  bool purge_on_exit = false;  // remove every segment of the domain at shutdown
+  std::string log_level;       // empty: the config's, else info
   bool check_config = false;
 };
 
@@ -69,7 +69,9 @@ int run_topics(const std::string& domain, bool json);
 int run_topic_create(const TopicCreateArgs& a);
 int run_topic_delete(const std::string& domain, const std::string& name);
 int run_stats(const std::string& domain, const std::string& format);
-int run_stop(const std::string& domain);
+// Stop the broker; with `purge`, also remove every segment of the domain (done by the broker as it exits,
+// or here when no broker runs).
+int run_stop(const std::string& domain, bool purge);
 int run_pub(const PubArgs& a);
 int run_sub(const SubArgs& a);
 

@@ -48,7 +48,11 @@ int main(int argc, char** argv) {
                 "or the config's idle_exit_s)")
       ->check(CLI::Range(1u, 7u * 24 * 3600))
       ->needs(autostart);
-  b->add_flag("--keep-segments", broker.keep_segments, "leave the topic segments and directory at shutdown");
+  b->add_flag("--purge-on-exit", broker.purge_on_exit,
+              "remove every topic (and its queued messages) when the broker exits; by default topics stay "
+              "for the next broker");
+  bool keep_segments = false;  // the default since topics outlive the broker; accepted for old scripts
+  b->add_flag("--keep-segments", keep_segments, "(the default; kept for compatibility)")->group("");
   b->add_option("--log-level", broker.log_level,
                 "trace, debug, info, warn, error, critical or off (default: the "
                 "config's log_level, else info)")
@@ -108,8 +112,15 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"table", "json", "prometheus"}));
 
   // stop
-  auto* sp = app.add_subcommand("stop", "Stop the domain's broker (and wait until it has exited).");
+  auto* sp = app.add_subcommand(
+      "stop",
+      "Stop the domain's broker (and wait until it has exited). Topics and queued messages stay for the "
+      "next broker.");
   add_domain(sp, domain);
+  bool stop_purge = false;
+  sp->add_flag("--purge", stop_purge,
+               "also remove every topic of the domain and the messages queued in them (works when no broker "
+               "runs, too)");
 
   // pub
   PubArgs pub;
@@ -187,7 +198,7 @@ int main(int argc, char** argv) {
   }
   if (td->parsed()) return run_topic_delete(domain, delete_name);
   if (sa->parsed()) return run_stats(domain, stats_format);
-  if (sp->parsed()) return run_stop(domain);
+  if (sp->parsed()) return run_stop(domain, stop_purge);
   if (pb->parsed()) {
     pub.domain = domain;
     if (pub_data_opt->count() != 0) pub.data = pub_data;

@@ -33,7 +33,11 @@ struct ClientCore {
   std::string name;
   bool autostart = true;
   std::chrono::milliseconds connect_timeout{5000};
+  std::chrono::milliseconds request_timeout{10000};
   std::string socket;
+  // What this process stamps on shared memory: its OwnerId as the broker sees it (hello's "identity").
+  // Fixed at the first hello; a later broker that names this process otherwise is refused.
+  OwnerId identity{};
 
   mutable std::mutex mu;  // guards fd, topics, subscribers
   int fd = -1;
@@ -61,8 +65,11 @@ struct ClientCore {
   Status connect_locked(bool spawn);
   Status reattach_locked();
   // A control call. With `reconnect`, a lost connection is re-established (autostarting a broker if
-  // allowed) and the call retried once; without, it fails with Errc::unavailable.
-  Result<nlohmann::json> call(const nlohmann::json& req, bool reconnect = true);
+  // allowed) and the call retried once; without, it fails with Errc::unavailable. When the call times
+  // out and `undo` is given, `undo` is sent on the same connection without waiting for its answer: the
+  // broker handles requests in order, so it cancels whatever the timed-out request does once it runs.
+  Result<nlohmann::json> call(const nlohmann::json& req, bool reconnect = true,
+                              const nlohmann::json* undo = nullptr);
   void sleep_or_wake(std::chrono::milliseconds d);
   Result<std::shared_ptr<TopicHandle>> open_topic(std::string_view name, TopicInfo* info);
   void watch();
@@ -82,7 +89,20 @@ struct PortState {
   std::uint64_t last_dropped = 0;
   std::uint32_t spin = 0;
   bool subscribed = false;
+  // Set (under core->mu) when a new broker refused to give the slot back: receive() then reports it.
+  std::atomic<bool> lost{false};
+  std::string lost_reason;
 };
+
+// A reply that names a resource must name the one asked for.
+Status check_echo(const nlohmann::json& r, const char* key, const nlohmann::json& want, const char* op) {
+  auto it = r.find(key);
+  if (it == r.end() || *it != want)
+    return Error(Errc::protocol_error, std::string("the broker answered \"") + op + "\" for " + key + " " +
+                                           (it == r.end() ? std::string("(none)") : it->dump()) + ", not " +
+                                           want.dump());
+  return {};
+}
 
 Status ClientCore::connect_locked(bool spawn) {
   auto fd_or = control::connect_socket(socket);
@@ -115,6 +135,25 @@ Status ClientCore::connect_locked(bool spawn) {
     ::close(nfd);
     return hello.error();
   }
+  const auto id_it = hello->find("identity");
+  const OwnerId given{id_it != hello->end() && id_it->is_number_unsigned() ? id_it->get<std::uint64_t>() : 0};
+  if (!given.valid()) {
+    ::close(nfd);
+    return Error(Errc::protocol_error, "the broker of domain " + qname(domain) +
+                                           " did not say which identity this process has (hello without "
+                                           "\"identity\")");
+  }
+  if (identity.valid() && !(given == identity)) {
+    // Everything this process holds is stamped with the old identity; a broker that names it otherwise
+    // (it runs in another pid namespace) would take it for dead and hand its messages to others.
+    ::close(nfd);
+    return Error(Errc::protocol_error,
+                 "the broker of domain " + qname(domain) + " names this process pid " +
+                     std::to_string(given.pid()) + ", the previous one named it pid " +
+                     std::to_string(identity.pid()) +
+                     " (a broker in another pid namespace?); not reconnecting, to keep ownership exact");
+  }
+  identity = given;
   if (fd >= 0) ::close(fd);
   fd = nfd;
   connected.store(true);
@@ -132,22 +171,41 @@ Status ClientCore::reattach_locked() {
         {{"op", "reattach"}, {"name", p->name}, {"id", p->topic_id}, {"slot", p->slot}, {"port", p->port}},
         5000ms);
     if (!r && r.error().code() == Errc::closed) return r.error();
+    Status echo = r ? check_echo(*r, "slot", p->slot, "reattach") : Status(r.error());
+    if (echo) echo = check_echo(*r, "name", p->name, "reattach");
+    if (echo) echo = check_echo(*r, "port", p->port, "reattach");
+    if (!echo) {
+      p->lost_reason = "the subscription to " + qname(p->name) +
+                       " could not be taken back after the broker restarted: " + echo.error().message();
+      p->lost.store(true);
+    }
   }
   subscribers = std::move(live);
   return {};
 }
 
-Result<nlohmann::json> ClientCore::call(const nlohmann::json& req, bool reconnect) {
+Result<nlohmann::json> ClientCore::call(const nlohmann::json& req, bool reconnect,
+                                        const nlohmann::json* undo) {
   std::lock_guard<std::mutex> lock(mu);
   if (!connected.load()) {
     if (!reconnect) return Error(Errc::unavailable, "not connected to the broker of domain " + qname(domain));
     if (auto st = connect_locked(true); !st) return st.error();
   }
-  auto r = control::call(fd, req, 10000ms);
+  auto r = control::call(fd, req, request_timeout);
   if (!r && r.error().code() == Errc::closed && reconnect) {  // the broker went away: reconnect, retry once
     connected.store(false);
     if (auto st = connect_locked(true); !st) return st.error();
-    r = control::call(fd, req, 10000ms);
+    r = control::call(fd, req, request_timeout);
+  }
+  if (!r && r.error().code() == Errc::timed_out) {
+    if (undo != nullptr) {
+      nlohmann::json u = *undo;
+      u["req_id"] = control::next_request_id();
+      (void)control::send_frame(fd, u);  // its answer, like the late one, is dropped by the next call
+    }
+    return Error(Errc::timed_out, "the broker of domain " + qname(domain) + " did not answer \"" +
+                                      req.value("op", std::string("?")) + "\" within " +
+                                      std::to_string(request_timeout.count()) + " ms");
   }
   return r;
 }
@@ -219,6 +277,7 @@ Status fill_and_send(PortState& p, TopicHandle*& loan_topic, std::uint32_t chunk
 
 }  // namespace detail
 
+using detail::check_echo;
 using detail::qname;
 
 // ---- Sample / Delivery / Loan ----
@@ -243,7 +302,10 @@ void Sample::reset() noexcept {
   if (topic_ != nullptr) topic_->release(chunk_);
   topic_ = nullptr;
 }
+// A Sample (or the Delivery around it) that was released, acked, nacked or moved from holds no chunk:
+// its accessors return empty values rather than read a chunk that may belong to someone else by now.
 std::span<const std::byte> Sample::bytes() const {
+  if (topic_ == nullptr) return {};
   const MessageHeader* h = topic_->header(chunk_);
   const std::size_t n = h->payload_size <= topic_->max_size() ? h->payload_size : topic_->max_size();
   return {topic_->payload(chunk_), n};
@@ -253,26 +315,29 @@ std::string_view Sample::text() const {
   return {reinterpret_cast<const char*>(b.data()), b.size()};
 }
 std::string Sample::topic() const {
-  return topic_->name();
+  return topic_ != nullptr ? topic_->name() : std::string();
 }
 std::uint64_t Sample::seq() const {
-  return topic_->header(chunk_)->seq;
+  return topic_ != nullptr ? topic_->header(chunk_)->seq : 0;
 }
 std::uint64_t Sample::publisher() const {
-  return topic_->header(chunk_)->publisher;
+  return topic_ != nullptr ? topic_->header(chunk_)->publisher : 0;
 }
 std::uint64_t Sample::timestamp_ns() const {
-  return topic_->header(chunk_)->timestamp_ns;
+  return topic_ != nullptr ? topic_->header(chunk_)->timestamp_ns : 0;
 }
 std::optional<AttrValue> Sample::attr(std::string_view key) const {
+  if (topic_ == nullptr) return std::nullopt;
   const MessageHeader* h = topic_->header(chunk_);
   return find_attr(topic_->attrs(chunk_), std::min(h->attrs_size, topic_->attrs_max()), key);
 }
 Attributes Sample::attrs() const {
+  if (topic_ == nullptr) return {};
   const MessageHeader* h = topic_->header(chunk_);
   return decode_attrs(topic_->attrs(chunk_), std::min(h->attrs_size, topic_->attrs_max()));
 }
 bool Sample::redelivered() const {
+  if (topic_ == nullptr) return false;
   return (topic_->pool().header(chunk_).flags.load(std::memory_order_relaxed) & kChunkRedelivered) != 0 ||
          (topic_->header(chunk_)->flags & kMsgRedelivered) != 0;
 }
@@ -296,10 +361,11 @@ void Delivery::nack() noexcept {
   t->shared()->nacked.fetch_add(1, std::memory_order_relaxed);
   t->pool().header(c).flags.fetch_or(kChunkRedelivered, std::memory_order_relaxed);  // published by the push
   t->header(c)->flags |= kMsgRedelivered;
-  // Back to the queue for another consumer. The queue can be full while we hold this chunk; nothing may
-  // be lost, so wait for room (consumers make room as they take messages).
-  while (t->push_queue(c, Deadline::after(std::chrono::seconds(1))) != TopicHandle::IoStatus::ok) {
-  }
+  // Back to the queue for another consumer, at once: the queue's ring has a cell for every chunk, so this
+  // never waits, even when producers filled the queue meanwhile (a lone consumer of a full queue must not
+  // wait for itself). Should a damaged ring refuse it, the chunk stays ours and the broker redelivers it
+  // when this process exits: nothing is lost.
+  (void)t->requeue(c);
 }
 
 Loan::Loan(Loan&& o) noexcept : topic_(o.topic_), chunk_(o.chunk_), size_(o.size_) {
@@ -480,6 +546,10 @@ Result<Sample> Subscriber::receive(std::chrono::nanoseconds timeout) {
   std::optional<Sample> got;
   ec.await([&] { return (got = try_receive()).has_value(); }, timeout, p_->spin);
   if (got) return std::move(*got);
+  if (p_->lost.load()) {
+    std::lock_guard<std::mutex> lock(p_->core->mu);
+    return Error(Errc::closed, p_->lost_reason);
+  }
   return Error(Errc::timed_out, "no message on " + qname(p_->name) + " within the timeout");
 }
 
@@ -507,9 +577,10 @@ std::optional<Delivery> Consumer::try_receive() noexcept {
 
 Result<Delivery> Consumer::receive(std::chrono::nanoseconds timeout) {
   if (auto d = try_receive()) return std::move(*d);
-  EventCount ec(&p_->topic->shared()->not_empty);
   std::optional<Delivery> got;
-  ec.await([&] { return (got = try_receive()).has_value(); }, timeout);
+  p_->topic->wait_for(
+      TopicHandle::WaitOn::not_empty, [&] { return (got = try_receive()).has_value(); },
+      Deadline::after(timeout));
   if (got) return std::move(*got);
   return Error(Errc::timed_out, "no message on " + qname(p_->name) + " within the timeout");
 }
@@ -532,6 +603,7 @@ Result<Client> Client::connect(const ClientOptions& options) {
     core->autostart = !(e != nullptr && std::string_view(e) == "0");
   }
   core->connect_timeout = options.connect_timeout;
+  core->request_timeout = options.request_timeout;
   auto path = control::socket_path(core->domain);
   if (!path) return path.error();
   core->socket = *path;
@@ -558,7 +630,8 @@ std::shared_ptr<detail::PortState> new_port(const std::shared_ptr<detail::Client
   p->name = info.name;
   p->topic_id = info.id;
   p->port = core->next_port.fetch_add(1);
-  p->id = (static_cast<std::uint64_t>(::getpid()) << 32) | (p->port & 0xffffffffu);
+  // The pid the broker sees: unique across pid namespaces, unlike getpid() in a container.
+  p->id = (static_cast<std::uint64_t>(core->identity.pid()) << 32) | (p->port & 0xffffffffu);
   return p;
 }
 
@@ -597,10 +670,16 @@ Result<Subscriber> Client::subscriber(std::string_view topic, const SubscriberOp
   if (!t) return t.error();
   if ((*t)->kind() != TopicKind::stream) return wrong_kind(info.name, TopicKind::queue, "consumer");
   auto p = new_port(core_, *t, info);
-  auto r = core_->call({{"op", "subscribe"}, {"name", info.name}, {"port", p->port}});
+  // Should the broker answer too late, it still grants the slot when it gets to the request: the undo
+  // frees it again, so a timed-out subscribe leaves no slot behind that nobody reads.
+  const nlohmann::json undo = {{"op", "unsubscribe"}, {"name", info.name}, {"port", p->port}};
+  auto r = core_->call({{"op", "subscribe"}, {"name", info.name}, {"port", p->port}}, true, &undo);
   if (!r) return r.error();
+  for (auto [key, want] :
+       {std::pair<const char*, nlohmann::json>{"name", info.name}, {"port", p->port}, {"id", info.id}})
+    if (auto st = check_echo(*r, key, want, "subscribe"); !st) return st.error();
   if (!(*r).contains("slot") || !(*r)["slot"].is_number_unsigned() ||
-      (*r)["slot"].get<std::uint32_t>() >= (*t)->max_subscribers())
+      (*r)["slot"].get<std::uint64_t>() >= (*t)->max_subscribers())
     return Error(Errc::protocol_error, "broker answered subscribe without a valid slot");
   p->slot = (*r)["slot"].get<std::uint32_t>();
   p->ring = (*t)->slot(p->slot)->ring;
@@ -626,13 +705,16 @@ Status Client::create_topic(std::string_view name, const TopicOptions& o) {
                         {"max_subscribers", o.max_subscribers}};
   auto r = core_->call(req);
   if (!r) return r.error();
-  return {};
+  auto topic = r->find("topic");
+  if (topic == r->end() || !topic->is_object())
+    return Error(Errc::protocol_error, "broker answered topic_create without the topic");
+  return check_echo(*topic, "name", name, "topic_create");
 }
 
 Status Client::delete_topic(std::string_view name) {
   auto r = core_->call({{"op", "topic_delete"}, {"name", name}});
   if (!r) return r.error();
-  return {};
+  return check_echo(*r, "name", name, "topic_delete");
 }
 
 Result<nlohmann::json> Client::request(const nlohmann::json& message) {

@@ -5,6 +5,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstring>
 
 #include "shmbus/paths.hpp"
@@ -107,10 +109,44 @@ Result<nlohmann::json> recv_frame(int fd, std::chrono::milliseconds timeout, std
   return j;
 }
 
+std::uint64_t next_request_id() noexcept {
+  static std::atomic<std::uint64_t> next{1};
+  return next.fetch_add(1, std::memory_order_relaxed);  // relaxed: only uniqueness and increase matter
+}
+
 Result<nlohmann::json> call(int fd, const nlohmann::json& request, std::chrono::milliseconds timeout) {
-  if (auto st = send_frame(fd, request); !st) return st.error();
-  auto reply = recv_frame(fd, timeout);
-  if (!reply) return reply.error();
+  std::uint64_t id = 0;
+  const nlohmann::json* to_send = &request;
+  nlohmann::json with_id;
+  if (auto it = request.find("req_id"); it != request.end() && it->is_number_unsigned()) {
+    id = it->get<std::uint64_t>();
+  } else {
+    id = next_request_id();
+    with_id = request;
+    with_id["req_id"] = id;
+    to_send = &with_id;
+  }
+  if (auto st = send_frame(fd, *to_send); !st) return st.error();
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  Result<nlohmann::json> reply = Error(Errc::timed_out, "no reply from the broker in time");
+  for (;;) {
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    reply = recv_frame(fd, std::max(left, std::chrono::milliseconds(0)));
+    if (!reply) return reply.error();
+    auto rid = reply->find("req_id");
+    if (rid == reply->end() || !rid->is_number_unsigned()) {
+      // A refusal the broker sends before it reads any request (too many clients) carries no id.
+      if (reply->value("ok", true) == false) break;
+      return Error(Errc::protocol_error, "broker reply without \"req_id\"");
+    }
+    const std::uint64_t got = rid->get<std::uint64_t>();
+    if (got == id) break;
+    if (got > id)
+      return Error(Errc::protocol_error, "broker answered request " + std::to_string(got) +
+                                             " while request " + std::to_string(id) + " waits");
+    // got < id: the answer to a request that timed out earlier on this connection. Drop it.
+  }
   const auto& r = *reply;
   if (!r.contains("ok") || !r["ok"].is_boolean())
     return Error(Errc::protocol_error, "broker reply without \"ok\"");

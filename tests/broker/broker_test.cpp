@@ -37,13 +37,39 @@ TEST_F(BrokerTest, SecondBrokerForTheDomainIsRefusedWithThePid) {
   const CliResult r = run_cli(d, {"broker", "--domain", d.domain()});
   EXPECT_EQ(r.code, 1) << r;
   EXPECT_NE(r.err.find("a broker for domain " + d.domain() + " already runs (pid " +
-                       std::to_string(first.pid()) + ")"),
+                       std::to_string(first.pid()) + ", runtime dir " + d.runtime_dir() + ")"),
             std::string::npos)
       << r;
   // The refused broker touched nothing: the first still serves, with its socket and pid file.
   EXPECT_TRUE(first.running());
   RawConn c(d.socket());
   EXPECT_EQ(c.hello().value("broker_pid", 0), first.pid());
+}
+
+// The segments are named by domain only (/dev/shm/shmbus.<domain>.*), so a broker started with another
+// runtime directory must meet the first one's lock, not take its segments over.
+TEST_F(BrokerTest, SecondBrokerWithAnotherRuntimeDirIsRefusedAndTouchesNothing) {
+  BrokerProcess first(d);
+  ASSERT_TRUE(first.wait_ready()) << first.log();
+  {
+    RawConn c(d.socket());
+    c.hello();
+    ASSERT_EQ(c.call({{"op", "topic_create"}, {"name", "mine"}, {"kind", "queue"}}).value("ok", false), true);
+  }
+  const auto before = d.segments();
+  ASSERT_EQ(before.size(), 2u);
+  char tmpl[] = "/tmp/shmbus-bt-other-XXXXXX";
+  const std::string other = ::mkdtemp(tmpl);
+  const CliResult r = run_cli(d, {"broker", "--domain", d.domain()}, "", {"SHMBUS_RUNTIME_DIR=" + other});
+  std::filesystem::remove_all(other);
+  EXPECT_EQ(r.code, 1) << r;
+  EXPECT_NE(
+      r.err.find("already runs (pid " + std::to_string(first.pid()) + ", runtime dir " + d.runtime_dir()),
+      std::string::npos)
+      << r;
+  EXPECT_EQ(d.segments(), before);
+  EXPECT_TRUE(first.running());
+  EXPECT_TRUE(topic_entry(d, "mine").has_value());
 }
 
 TEST_F(BrokerTest, CreatesListsAndDeletesTopics) {
@@ -230,7 +256,7 @@ TEST_F(BrokerProtocolTest, FrameWithoutOpIsRefused) {
 
 TEST_F(BrokerProtocolTest, OtherProtocolVersionGetsVersionMismatch) {
   RawConn bad(d.socket());
-  bad.send_json({{"op", "hello"}, {"version", 2}, {"client", "future"}});
+  bad.send_json({{"op", "hello"}, {"version", 99}, {"client", "future"}});
   auto r = control::recv_frame(bad.fd(), 5000ms);
   ASSERT_TRUE(r) << r.error().message();
   EXPECT_EQ(r->value("code", std::string()), "version_mismatch") << *r;
@@ -278,7 +304,7 @@ TEST_F(BrokerProtocolTest, ManyBadClientsInARowLeaveTheBrokerServing) {
 
 // ---- shutdown ----
 
-TEST_F(BrokerTest, StopRemovesSocketPidFileAndSegments) {
+TEST_F(BrokerTest, StopRemovesSocketAndPidFileAndKeepsTheTopics) {
   BrokerProcess b(d);
   ASSERT_TRUE(b.wait_ready()) << b.log();
   {
@@ -289,16 +315,39 @@ TEST_F(BrokerTest, StopRemovesSocketPidFileAndSegments) {
     EXPECT_EQ(d.segments().size(), 3u);  // the directory and two topics
     const json r = c.call({{"op", "stop"}});
     EXPECT_EQ(r.value("ok", false), true) << r;
+    EXPECT_EQ(r.value("purge", true), false) << r;
   }
   const ExitStatus st = b.wait(10s);
   EXPECT_TRUE(st.exited) << b.log();
   EXPECT_EQ(st.code, 0);
-  EXPECT_TRUE(d.segments().empty());
+  EXPECT_EQ(d.segments().size(), 3u);
   EXPECT_FALSE(exists(d.socket()));
   EXPECT_FALSE(exists(d.pid_file()));
+  EXPECT_NE(b.log().find("keeping 2 topic(s)"), std::string::npos) << b.log();
+  BrokerProcess again(d);
+  ASSERT_TRUE(again.wait_ready()) << again.log();
+  EXPECT_TRUE(topic_entry(d, "a").has_value()) << again.log();
+  EXPECT_TRUE(topic_entry(d, "b").has_value()) << again.log();
 }
 
-TEST_F(BrokerTest, SigtermRemovesSegments) {
+TEST_F(BrokerTest, StopWithPurgeRemovesEverySegment) {
+  BrokerProcess b(d);
+  ASSERT_TRUE(b.wait_ready()) << b.log();
+  {
+    RawConn c(d.socket());
+    c.hello();
+    ASSERT_EQ(c.call({{"op", "topic_create"}, {"name", "a"}, {"kind", "queue"}}).value("ok", false), true);
+    EXPECT_EQ(c.call({{"op", "stop"}, {"purge", "yes"}}).value("code", std::string()), "invalid_argument");
+    const json r = c.call({{"op", "stop"}, {"purge", true}});
+    EXPECT_EQ(r.value("purge", false), true) << r;
+  }
+  const ExitStatus st = b.wait(10s);
+  EXPECT_TRUE(st.exited && st.code == 0) << b.log();
+  EXPECT_TRUE(d.segments().empty());
+  EXPECT_NE(b.log().find("removed 2 segment(s)"), std::string::npos) << b.log();
+}
+
+TEST_F(BrokerTest, SigtermKeepsTopicsForTheNextBroker) {
   BrokerProcess b(d);
   ASSERT_TRUE(b.wait_ready()) << b.log();
   {
@@ -309,8 +358,11 @@ TEST_F(BrokerTest, SigtermRemovesSegments) {
   EXPECT_EQ(d.segments().size(), 2u);
   const ExitStatus st = b.signal_and_wait(SIGTERM);
   EXPECT_TRUE(st.exited && st.code == 0) << b.log();
-  EXPECT_TRUE(d.segments().empty());
+  EXPECT_EQ(d.segments().size(), 2u);
   EXPECT_FALSE(exists(d.socket()));
+  BrokerProcess again(d);
+  ASSERT_TRUE(again.wait_ready()) << again.log();
+  EXPECT_TRUE(topic_entry(d, "a").has_value()) << again.log();
 }
 
 TEST_F(BrokerTest, SigintShutsDownLikeSigterm) {
@@ -318,30 +370,31 @@ TEST_F(BrokerTest, SigintShutsDownLikeSigterm) {
   ASSERT_TRUE(b.wait_ready()) << b.log();
   const ExitStatus st = b.signal_and_wait(SIGINT);
   EXPECT_TRUE(st.exited && st.code == 0) << b.log();
-  EXPECT_TRUE(d.segments().empty());
+  EXPECT_EQ(d.segments().size(), 1u);  // the (empty) directory stays for the next broker
+  EXPECT_FALSE(exists(d.socket()));
 }
 
-TEST_F(BrokerTest, KeepSegmentsLeavesThemForTheNextBroker) {
+TEST_F(BrokerTest, PurgeOnExitRemovesEverySegment) {
   {
-    BrokerProcess b(d, {"--keep-segments"});
+    BrokerProcess b(d, {"--purge-on-exit"});
     ASSERT_TRUE(b.wait_ready()) << b.log();
     RawConn c(d.socket());
     c.hello();
-    ASSERT_EQ(c.call({{"op", "topic_create"}, {"name", "kept"}, {"kind", "stream"}}).value("ok", false),
+    ASSERT_EQ(c.call({{"op", "topic_create"}, {"name", "gone"}, {"kind", "stream"}}).value("ok", false),
               true);
     const ExitStatus st = b.signal_and_wait(SIGTERM);
     EXPECT_TRUE(st.exited && st.code == 0) << b.log();
   }
-  EXPECT_EQ(d.segments().size(), 2u);
-  EXPECT_FALSE(exists(d.socket()));
-  BrokerProcess again(d);
+  EXPECT_TRUE(d.segments().empty());
+  // --keep-segments, the old spelling of the default, is still accepted.
+  BrokerProcess again(d, {"--keep-segments"});
   ASSERT_TRUE(again.wait_ready()) << again.log();
-  EXPECT_TRUE(topic_entry(d, "kept").has_value()) << again.log();
+  EXPECT_FALSE(topic_entry(d, "gone").has_value()) << again.log();
 }
 
 // ---- autostart ----
 
-TEST_F(BrokerTest, AutostartedBrokerExitsWhenIdleAndRemovesSegments) {
+TEST_F(BrokerTest, AutostartedBrokerExitsWhenIdleAndKeepsTheTopics) {
   BrokerProcess b(d, {"--autostart", "--idle-exit", "1"});
   ASSERT_TRUE(b.wait_ready()) << b.log();
   {
@@ -357,7 +410,7 @@ TEST_F(BrokerTest, AutostartedBrokerExitsWhenIdleAndRemovesSegments) {
   const ExitStatus st = b.wait(10s);
   EXPECT_TRUE(st.exited && st.code == 0) << b.log();
   EXPECT_LT(Clock::now() - t0, 5s);
-  EXPECT_TRUE(d.segments().empty());
+  EXPECT_EQ(d.segments().size(), 2u);
   EXPECT_NE(b.log().find("no clients for 1 s"), std::string::npos) << b.log();
 }
 

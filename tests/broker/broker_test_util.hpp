@@ -135,6 +135,7 @@ class TestDomain {
   ~TestDomain() {
     if (auto pid = broker_pid_from_file(); pid && *pid != ::getpid()) ::kill(*pid, SIGKILL);
     for (const std::string& name : segments()) ::unlink(("/dev/shm/" + name).c_str());
+    ::unlink(lock_file().c_str());
     std::error_code ec;
     std::filesystem::remove_all(runtime_dir_, ec);
   }
@@ -146,17 +147,22 @@ class TestDomain {
   std::string pid_file() const { return dir() + "/broker.pid"; }
   std::string path(const std::string& name) const { return runtime_dir_ + "/" + name; }
 
-  // The names of this domain's files in /dev/shm ("shmbus.<domain>.dir", "shmbus.<domain>.<id>").
+  // The names of this domain's segments in /dev/shm ("shmbus.<domain>.dir", "shmbus.<domain>.<id>"); the
+  // domain lock (shmbus.<domain>.lock) is not a segment.
   std::vector<std::string> segments() const {
     std::vector<std::string> out;
     const std::string prefix = "shmbus." + domain_ + ".";
     if (DIR* dp = ::opendir("/dev/shm")) {
-      while (dirent* e = ::readdir(dp))
-        if (std::string_view(e->d_name).substr(0, prefix.size()) == prefix) out.emplace_back(e->d_name);
+      while (dirent* e = ::readdir(dp)) {
+        const std::string_view name(e->d_name);
+        if (name.substr(0, prefix.size()) == prefix && name.substr(prefix.size()) != "lock")
+          out.emplace_back(name);
+      }
       ::closedir(dp);
     }
     return out;
   }
+  std::string lock_file() const { return "/dev/shm/shmbus." + domain_ + ".lock"; }
   std::string topic_segment(std::uint64_t id) const {
     return "/dev/shm/shmbus." + domain_ + "." + std::to_string(id);
   }

@@ -394,11 +394,35 @@ TEST_F(CliTest, StopEndsTheBrokerThenStatusExits3) {
   CliResult r = cli({"stop"});
   EXPECT_EQ(r.code, 0) << r;
   EXPECT_NE(r.out.find("pid " + std::to_string(broker_->pid())), std::string::npos) << r;
+  EXPECT_NE(r.out.find("its topics stay for the next broker"), std::string::npos) << r;
   const ExitStatus st = broker_->wait(5s);
   EXPECT_TRUE(st.exited && st.code == 0) << broker_->log();
-  EXPECT_TRUE(d.segments().empty());
+  EXPECT_EQ(d.segments().size(), 2u);  // the directory and the topic
   r = cli({"status"});
   EXPECT_EQ(r.code, 3) << r;
+}
+
+TEST_F(CliTest, StopPurgeRemovesTheSegmentsWithOrWithoutABroker) {
+  start_broker();
+  create("t", "queue");
+  CliResult r = cli({"stop", "--purge"});
+  EXPECT_EQ(r.code, 0) << r;
+  EXPECT_NE(r.out.find("purged its segments"), std::string::npos) << r;
+  EXPECT_TRUE(broker_->wait(5s).exited) << broker_->log();
+  EXPECT_TRUE(d.segments().empty());
+  // No broker: `stop --purge` purges under the domain lock itself; plain `stop` says nobody runs.
+  start_broker();
+  create("u", "queue");
+  ASSERT_EQ(cli({"stop"}).code, 0);
+  ASSERT_TRUE(broker_->wait(5s).exited);
+  ASSERT_EQ(d.segments().size(), 2u);
+  r = cli({"stop"});
+  EXPECT_EQ(r.code, 69) << r;
+  EXPECT_EQ(d.segments().size(), 2u);
+  r = cli({"stop", "--purge"});
+  EXPECT_EQ(r.code, 0) << r;
+  EXPECT_NE(r.out.find("purged 2 segment(s)"), std::string::npos) << r;
+  EXPECT_TRUE(d.segments().empty());
 }
 
 TEST_F(CliTest, DataCommandsAutostartABrokerUnlessDisabled) {

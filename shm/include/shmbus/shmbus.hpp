@@ -42,10 +42,12 @@ struct PortState;
 }  // namespace detail
 
 struct ClientOptions {
-  std::string domain;                               // empty: $SHMBUS_DOMAIN or "default"
-  std::string name;                                 // shown by `shmbus status`; empty: the program name
-  std::optional<bool> autostart;                    // unset: on unless $SHMBUS_AUTOSTART=0
-  std::chrono::milliseconds connect_timeout{5000};  // how long to wait for an autostarted broker
+  std::string domain;                                // empty: $SHMBUS_DOMAIN or "default"
+  std::string name;                                  // shown by `shmbus status`; empty: the program name
+  std::optional<bool> autostart;                     // unset: on unless $SHMBUS_AUTOSTART=0
+  std::chrono::milliseconds connect_timeout{5000};   // how long to wait for an autostarted broker
+  std::chrono::milliseconds request_timeout{10000};  // how long a control call (subscribe, topic create,
+                                                     // status...) waits for the broker's answer
 };
 
 class Publisher;

@@ -5,12 +5,18 @@
 // than kMaxFrame, or one that is not a JSON object, is a protocol error: the broker answers with an
 // error frame and closes that connection (it never stops for a bad client).
 //
-// Protocol version 1. Every request has "op"; every reply has "ok" (true/false); a failed reply has
-// "code" (an errc_name(), e.g. "not_found") and "error" (a message naming the thing and the fix).
-//   {"op":"hello","version":1,"client":"<name>"}         first frame of a connection; reply:
-//        {"ok":true,"version":1,"broker_pid":N,"domain":"d"}. A version the broker does not speak gets
-//        {"ok":false,"code":"version_mismatch",...}. The broker learns pid/uid/gid from SO_PEERCRED and
-//        watches the pid with a pidfd.
+// Protocol version 2. Every request has "op" and "req_id" (a positive integer, increasing on each
+// connection); every reply has "ok" (true/false) and echoes "req_id". A failed reply has "code" (an
+// errc_name(), e.g. "not_found") and "error" (a message naming the thing and the fix). A reply whose
+// req_id is older than the request a client waits for answers a request that timed out: the client drops
+// it and reads on (call() below), so one timeout never shifts every later answer by one.
+//   {"op":"hello","version":2,"client":"<name>"}         first frame of a connection; reply:
+//        {"ok":true,"version":2,"broker_pid":N,"domain":"d","identity":U,"pid":P}. A version the broker
+//        does not speak gets {"ok":false,"code":"version_mismatch",...}. The broker learns pid/uid/gid
+//        from SO_PEERCRED, opens a pidfd, and answers with the client's pid and OwnerId *as the broker
+//        sees them* (its pid namespace): the client stamps `identity` on everything it holds, so a
+//        client in a container is named by what the broker can check. A client that the broker's pid
+//        namespace cannot see (SO_PEERCRED pid 0) is refused with code "unavailable".
 //   {"op":"status"}     -> {"ok":true,"pid":N,"domain":"d","uptime_s":X,"clients":N,"topics":N,
 //                           "autostart":bool,"runtime_dir":"..."}
 //   {"op":"topics"}     -> {"ok":true,"topics":[{"name","id","kind","depth","max_size","overflow",
@@ -20,10 +26,15 @@
 //                        "overflow":"drop-oldest|block","max_subscribers":N}   (all but name optional)
 //                       -> {"ok":true,"topic":{...as in topics...}}
 //   {"op":"topic_delete","name":"a.b"} -> {"ok":true}
-//   {"op":"subscribe","name":"a.b","port":N} -> {"ok":true,"id":topic_id,"slot":i}
-//   {"op":"unsubscribe","name":"a.b","slot":i} -> {"ok":true}
+//   {"op":"subscribe","name":"a.b","port":N} -> {"ok":true,"name":"a.b","id":topic_id,"slot":i,"port":N}
+//   {"op":"unsubscribe","name":"a.b","slot":i}     -> {"ok":true,"name":"a.b","slot":i}
+//   {"op":"unsubscribe","name":"a.b","port":N}     the same, naming the slot by the port it was taken for
+//        (what a client sends when its subscribe timed out: the broker may still grant it)
 //   {"op":"reattach","name":"a.b","id":topic_id,"slot":i,"port":N}   after a broker restart
-//   {"op":"stop"} -> {"ok":true}, then the broker shuts down
+//        -> {"ok":true,"name":"a.b","id":topic_id,"slot":i,"port":N}
+//   {"op":"stop","purge":false} -> {"ok":true}, then the broker shuts down. Topics and their messages stay
+//        for the next broker; with "purge":true it removes every segment of the domain as it exits.
+// Replies that name a resource echo it ("name", "id", "slot", "port"), and the client checks them.
 // Requests are at most kMaxFrame bytes; replies at most kMaxReplyFrame.
 #pragma once
 
@@ -35,7 +46,7 @@
 
 namespace shmbus::control {
 
-inline constexpr int kProtocolVersion = 1;
+inline constexpr int kProtocolVersion = 2;
 inline constexpr std::size_t kMaxFrame = 64 * 1024;       // a request (what the broker accepts)
 inline constexpr std::size_t kMaxReplyFrame = 16u << 20;  // a reply (a topic list of 1024 topics fits)
 
@@ -51,8 +62,13 @@ Status send_frame(int fd, const nlohmann::json& message);
 Result<nlohmann::json> recv_frame(int fd, std::chrono::milliseconds timeout,
                                   std::size_t max = kMaxReplyFrame);
 
-// send + recv; a reply with "ok": false becomes an Error with its code and message.
+// send + recv of one request. Adds "req_id" (from a process-wide counter, so ids increase on every
+// connection) unless the request has one; replies with an older req_id are dropped as stale, a reply with
+// a newer one or none is a protocol error. A reply with "ok": false becomes an Error with its code and
+// message. Errc::timed_out leaves the connection usable: the late reply is dropped by the next call.
 Result<nlohmann::json> call(int fd, const nlohmann::json& request, std::chrono::milliseconds timeout);
+// The next request id of this process (what call() uses).
+std::uint64_t next_request_id() noexcept;
 
 // An error reply frame.
 nlohmann::json error_reply(const Error& e);
