@@ -260,6 +260,8 @@ Result<std::shared_ptr<TopicHandle>> ClientCore::open_topic(std::string_view top
     if (auto t = it->second.lock()) return t;
   auto t = TopicHandle::open(domain, found->id);
   if (!t) return t.error();
+  // Stamp what the broker can check: this process as the broker's pid namespace names it.
+  t->set_identity(identity);
   auto sp = std::make_shared<TopicHandle>(std::move(t).value());
   topics[found->id] = sp;
   return sp;

@@ -126,7 +126,16 @@ Result<nlohmann::json> call(int fd, const nlohmann::json& request, std::chrono::
     with_id["req_id"] = id;
     to_send = &with_id;
   }
-  if (auto st = send_frame(fd, *to_send); !st) return st.error();
+  if (auto st = send_frame(fd, *to_send); !st) {
+    // The broker may have refused the connection (too many clients, a pid namespace it cannot see) and
+    // closed it before our first frame went out: its reason is still in our receive buffer.
+    if (st.error().code() == Errc::closed)
+      if (auto why = recv_frame(fd, std::chrono::milliseconds(100));
+          why && why->value("ok", true) == false && why->contains("error"))
+        return Error(errc_from_name(why->value("code", std::string("system_error"))),
+                     why->value("error", std::string("broker error")));
+    return st.error();
+  }
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   Result<nlohmann::json> reply = Error(Errc::timed_out, "no reply from the broker in time");
   for (;;) {
