@@ -237,5 +237,26 @@ TEST_F(BrokerFaultTest, ForeignDirectorySegmentIsReplaced) {
   EXPECT_EQ(c.call({{"op", "topic_create"}, {"name", "a"}, {"kind", "stream"}}).value("ok", false), true);
 }
 
+// A broker killed between a subscriber slot's state store and its mask bit (a real SIGKILL at that
+// fault point) leaves an active slot that publishers skip. The next broker repairs the mask at adoption.
+TEST_F(BrokerFaultTest, BrokerKilledBetweenSlotStateAndMaskIsRepairedAtAdoption) {
+  {
+    BrokerProcess b(d, {}, {"SHMBUS_FAULT=topic.activate.before_mask:1"});
+    ASSERT_TRUE(b.wait_ready()) << b.log();
+    RawConn c(d.socket());
+    c.hello();
+    ASSERT_EQ(c.call({{"op", "topic_create"}, {"name", "s"}, {"kind", "stream"}}).value("ok", false), true);
+    c.send_json({{"op", "subscribe"}, {"name", "s"}, {"port", 1}});
+    const ExitStatus st = b.wait(10s);
+    ASSERT_EQ(st.signal, SIGKILL) << "the broker did not die at the fault point\n" << b.log();
+  }
+  BrokerProcess again(d);
+  ASSERT_TRUE(again.wait_ready()) << again.log();
+  EXPECT_NE(again.log().find("subscriber mask bit(s) disagreed with their slots"), std::string::npos)
+      << again.log();
+  // The slot belongs to this (live) process: publishers reach it again.
+  EXPECT_EQ(topic_entry(d, "s")->value("subscribers", -1), 1);
+}
+
 }  // namespace
 }  // namespace shmbus::btest

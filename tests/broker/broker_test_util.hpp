@@ -315,12 +315,14 @@ class RawConn {
 // A broker run as a child process (`shmbus broker --domain D --log-level debug ...`), logging to a file.
 class BrokerProcess {
  public:
-  BrokerProcess(const TestDomain& d, std::vector<std::string> extra = {}) : d_(d) {
+  BrokerProcess(const TestDomain& d, std::vector<std::string> extra = {}, std::vector<std::string> env = {})
+      : d_(d) {
     static std::atomic<int> n{0};
     log_ = d.path("broker" + std::to_string(n.fetch_add(1)) + ".log");
     std::vector<std::string> args = {"broker", "--domain", d.domain(), "--log-level", "debug"};
     args.insert(args.end(), extra.begin(), extra.end());
     SpawnOptions o;
+    o.env = std::move(env);
     o.stderr_path = log_;
     o.stdout_path = log_ + ".out";
     pid_ = spawn_shmbus(args, o);

@@ -268,6 +268,26 @@ TEST_F(CliTest, SubTimeoutExits1AfterPrintingWhatArrived) {
   EXPECT_NE(read_file(d.path("sub.err")).find("timed out after 2 of 5"), std::string::npos);
 }
 
+// A subscriber that falls behind a drop-oldest stream must say so: in text mode the lines alone cannot
+// show a gap (on e1268a1: 17 of 100 arrived, nothing said, exit 0).
+TEST_F(CliTest, SubReportsMissedMessagesOnStderrAndInItsExitStatus) {
+  start_broker();
+  create("t", "stream", {"--depth", "2"});
+  const pid_t sub = background({"sub", "t", "--count", "2", "--timeout", "20"}, "sub");
+  ASSERT_TRUE(subscribers_reach("t", 1));
+  ::kill(sub, SIGSTOP);  // fall behind: the ring keeps only the last 2 of 10
+  ASSERT_EQ(cli({"pub", "t", "--count", "10"}).code, 0);
+  ::kill(sub, SIGCONT);
+  const ExitStatus st = wait_exit(sub, 20s);
+  const std::string err = read_file(d.path("sub.err"));
+  EXPECT_TRUE(st.exited) << err;
+  EXPECT_EQ(st.code, 1) << err;
+  EXPECT_EQ(lines(read_file(d.path("sub.out"))), (std::vector<std::string>{"9", "10"}));
+  EXPECT_NE(err.find("missed 8 message(s) before the next one (seq 9)"), std::string::npos) << err;
+  EXPECT_NE(err.find("received 2 message(s); missed 8 message(s) the stream dropped"), std::string::npos)
+      << err;
+}
+
 TEST_F(CliTest, SubWithoutCountRunsUntilTimeoutAndExits0) {
   start_broker();
   create("t", "stream");

@@ -11,12 +11,14 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <functional>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "../shm/test_util.hpp"  // wait_until, fork_child
 #include "shmbus/detail/control.hpp"
 #include "shmbus/shmbus.hpp"
 
@@ -25,15 +27,6 @@
 #endif
 
 namespace shmbus::test {
-
-inline bool wait_until(const std::function<bool()>& f, std::chrono::milliseconds limit) {
-  const auto end = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < end) {
-    if (f()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-  return f();
-}
 
 class Bus {
  public:
@@ -52,7 +45,8 @@ class Bus {
     if (DIR* d = opendir("/dev/shm")) {
       const std::string prefix = "shmbus." + domain_ + ".";
       while (dirent* e = readdir(d))
-        if (std::string(e->d_name).rfind(prefix, 0) == 0) shm_unlink(("/" + std::string(e->d_name)).c_str());
+        if (std::string(e->d_name).rfind(prefix, 0) == 0)
+          unlink(("/dev/shm/" + std::string(e->d_name)).c_str());
       closedir(d);
     }
     std::system(("rm -rf '" + runtime_ + "'").c_str());
@@ -60,6 +54,7 @@ class Bus {
 
   void start_broker() {
     const std::string log = runtime_ + "/broker-" + std::to_string(starts_++) + ".log";
+    log_ = log;
     broker_ = fork();
     if (broker_ == 0) {
       const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
@@ -118,6 +113,16 @@ class Bus {
   const std::string& domain() const { return domain_; }
   const std::string& runtime() const { return runtime_; }
   pid_t broker_pid() const { return broker_; }
+  // What the latest broker wrote to its log so far.
+  std::string log() const {
+    std::string text;
+    if (FILE* f = std::fopen(log_.c_str(), "re")) {
+      char buf[4096];
+      for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) text.append(buf, n);
+      std::fclose(f);
+    }
+    return text;
+  }
 
  private:
   static int& counter() {
@@ -128,6 +133,7 @@ class Bus {
   std::string domain_;
   pid_t broker_ = -1;
   int starts_ = 0;
+  std::string log_;
 };
 
 // Memory shared with forked children, for test bookkeeping (results, flags).

@@ -74,4 +74,14 @@ inline ChildExit wait_child(pid_t pid, std::chrono::milliseconds timeout = std::
   }
 }
 
+// Poll `cond` every millisecond until it holds or `limit` passes; returns its last value.
+inline bool wait_until(const std::function<bool()>& cond, std::chrono::milliseconds limit) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < end) {
+    if (cond()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return cond();
+}
+
 }  // namespace shmbus::test

@@ -4,7 +4,14 @@
 
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
+#include <sys/resource.h>
+
+#include <atomic>
 #include <cstring>
+#include <functional>
+#include <thread>
+#include <vector>
 
 #include "shmbus/paths.hpp"
 #include "test_util.hpp"
@@ -247,6 +254,205 @@ TEST(TopicTest, ReclaimOfADeadSubscriberFreesItsSlotAndItsSamples) {
   EXPECT_EQ(c.free, f.t.pool().chunk_count());
   close(ready[0]);
   close(ready[1]);
+}
+
+// Runs `f` on a thread and reports whether it finished within `limit`. A thread that did not finish is
+// joined anyway (its own deadline bounds it), so a regression costs time, never a hang.
+bool finishes_within(std::chrono::milliseconds limit, const std::function<void()>& f) {
+  std::atomic<bool> done{false};
+  std::thread th([&] {
+    f();
+    done.store(true);
+  });
+  const auto end = std::chrono::steady_clock::now() + limit;
+  while (!done.load() && std::chrono::steady_clock::now() < end) std::this_thread::sleep_for(1ms);
+  const bool in_time = done.load();
+  th.join();
+  return in_time;
+}
+
+// Takes every free chunk; returns them.
+std::vector<std::uint32_t> take_all_free(TopicHandle& t) {
+  std::vector<std::uint32_t> held;
+  std::uint32_t c;
+  while (t.pool().try_allocate(c) == RingStatus::ok) held.push_back(c);
+  return held;
+}
+
+// A consumer parked on not_empty and SIGKILLed there stays counted in futex_sleepers unless the broker
+// can subtract what it contributed: then every later push would make a FUTEX_WAKE syscall, forever.
+TEST(TopicWaiterTest, DeadParkedWaiterIsSubtractedByReclaim) {
+  TopicFixture f({.kind = TopicKind::queue, .depth = 4, .max_size = 16});
+  const std::string domain = f.domain;
+  const pid_t pid = test::fork_child([&] {
+    auto t = TopicHandle::open(domain, 1);
+    if (!t) return 2;
+    std::uint32_t c;
+    t->wait_for(
+        TopicHandle::WaitOn::not_empty, [&] { return t->pool().try_pop(1, c) == RingStatus::ok; },
+        Deadline::after(60s));
+    return 3;
+  });
+  const auto child = OwnerId::of(pid).value();
+  EventCountShared& ne = f.t.shared()->not_empty;
+  ASSERT_TRUE(test::wait_until([&] { return ne.futex_sleepers.load() == 1; }, 10s));
+  kill(pid, SIGKILL);
+  ASSERT_EQ(test::wait_child(pid).signal, SIGKILL);
+  EXPECT_EQ(ne.futex_sleepers.load(), 1u);  // what the dead waiter left
+  auto dead = f.t.dead_owners();
+  ASSERT_EQ(dead.size(), 1u) << "the waiter record names the dead process";
+  EXPECT_EQ(dead[0], child);
+  f.t.reclaim(child);
+  EXPECT_EQ(ne.futex_sleepers.load(), 0u);
+  // The next push makes no syscall: nobody waits.
+  const auto wakes = ne.wakes.load();
+  ASSERT_EQ(f.t.push_queue(f.write("x", 1), Deadline::now()), TopicHandle::IoStatus::ok);
+  EXPECT_EQ(ne.wakes.load(), wakes);
+  EXPECT_EQ(f.take(1), "x");
+}
+
+TEST(TopicWaiterTest, LiveWaitersAreNotSubtractedWithADeadOne) {
+  TopicFixture f({.kind = TopicKind::queue, .depth = 4, .max_size = 16});
+  const std::string domain = f.domain;
+  auto park = [&] {
+    return test::fork_child([&] {
+      auto t = TopicHandle::open(domain, 1);
+      if (!t) return 2;
+      std::uint32_t c;
+      return t->wait_for(
+                 TopicHandle::WaitOn::not_empty, [&] { return t->pool().try_pop(1, c) == RingStatus::ok; },
+                 Deadline::after(60s))
+                 ? 0
+                 : 4;
+    });
+  };
+  const pid_t doomed = park();
+  const pid_t survivor = park();
+  const auto doomed_id = OwnerId::of(doomed).value();
+  EventCountShared& ne = f.t.shared()->not_empty;
+  ASSERT_TRUE(test::wait_until([&] { return ne.futex_sleepers.load() == 2; }, 10s));
+  kill(doomed, SIGKILL);
+  test::wait_child(doomed);
+  f.t.reclaim(doomed_id);
+  EXPECT_EQ(ne.futex_sleepers.load(), 1u);  // the survivor is still counted: it must be woken
+  ASSERT_EQ(f.t.push_queue(f.write("x", 1), Deadline::now()), TopicHandle::IoStatus::ok);
+  const auto r = test::wait_child(survivor, 20s);
+  EXPECT_TRUE(r.exited && r.code == 0) << "the live waiter was not woken";
+}
+
+// A chunk that comes back through a drain (a freed slot's ring) must wake an allocator that waits for one.
+TEST(TopicWakeTest, DrainOfAFreedSlotWakesABlockedLoan) {
+  TopicFixture f({.kind = TopicKind::stream, .depth = 4, .max_size = 16, .max_subscribers = 1});
+  const std::uint32_t s = f.t.activate_slot(OwnerId::self(), 1).value();
+  for (int i = 0; i < 2; ++i)
+    ASSERT_EQ(f.t.publish_stream(f.write("m", i + 1), Deadline::now()), TopicHandle::IoStatus::ok);
+  auto held = take_all_free(f.t);
+  std::uint32_t got = 0;
+  TopicHandle::IoStatus st = TopicHandle::IoStatus::no_chunk;
+  const bool woke = finishes_within(10s, [&] {
+    std::thread freer([&] {
+      std::this_thread::sleep_for(100ms);  // let the allocator park first
+      f.t.free_slot(s);                    // drains the two queued messages
+    });
+    st = f.t.allocate(got, Deadline::after(30s));
+    freer.join();
+  });
+  EXPECT_TRUE(woke) << "the loan slept while drained chunks were free";
+  EXPECT_EQ(st, TopicHandle::IoStatus::ok);
+  if (st == TopicHandle::IoStatus::ok) f.t.release(got);
+  for (auto c : held) f.t.release(c);
+}
+
+TEST(TopicWakeTest, DropOldestWakesABlockedLoan) {
+  TopicFixture f({.kind = TopicKind::stream, .depth = 2, .max_size = 16, .max_subscribers = 1});
+  ASSERT_TRUE(f.t.activate_slot(OwnerId::self(), 1));
+  for (int i = 0; i < 2; ++i)
+    ASSERT_EQ(f.t.publish_stream(f.write("m", i + 1), Deadline::now()), TopicHandle::IoStatus::ok);
+  const std::uint32_t next = f.write("n", 3);  // the publisher's next message, written already
+  auto held = take_all_free(f.t);
+  std::uint32_t got = 0;
+  TopicHandle::IoStatus st = TopicHandle::IoStatus::no_chunk;
+  const bool woke = finishes_within(10s, [&] {
+    std::thread publisher([&] {
+      std::this_thread::sleep_for(100ms);
+      (void)f.t.publish_stream(next, Deadline::now());  // the ring is full: drops the oldest
+    });
+    st = f.t.allocate(got, Deadline::after(30s));
+    publisher.join();
+  });
+  EXPECT_TRUE(woke) << "the loan slept while the dropped chunk was free";
+  EXPECT_EQ(st, TopicHandle::IoStatus::ok);
+  EXPECT_EQ(f.t.slot(0)->dropped.load(), 1u);
+  if (st == TopicHandle::IoStatus::ok) f.t.release(got);
+  for (auto c : held) f.t.release(c);
+}
+
+// A consumer holding a message of a queue that producers filled meanwhile must be able to put it back
+// at once: it cannot wait for room that only it could make.
+TEST(TopicTest, RequeueOfATakenMessageNeverWaitsEvenWhenTheQueueIsFull) {
+  TopicFixture f({.kind = TopicKind::queue, .depth = 4, .max_size = 16});
+  for (int i = 0; i < 4; ++i)
+    ASSERT_EQ(f.t.push_queue(f.write("q", i + 1), Deadline::now()), TopicHandle::IoStatus::ok);
+  std::uint32_t taken;
+  ASSERT_EQ(f.t.pool().try_pop(1, taken), RingStatus::ok);
+  ASSERT_EQ(f.t.push_queue(f.write("q", 5), Deadline::now()), TopicHandle::IoStatus::ok);  // full again
+  EXPECT_EQ(f.t.push_queue(f.write("late", 6), Deadline::now()), TopicHandle::IoStatus::timed_out);
+  EXPECT_EQ(f.t.requeue(taken), TopicHandle::IoStatus::ok);
+  EXPECT_EQ(f.t.queued_messages(), 5u);
+  // Even with every chunk of the pool queued, a taken one goes back.
+  std::vector<std::uint32_t> all = take_all_free(f.t);
+  for (auto c : all) ASSERT_EQ(f.t.requeue(c), TopicHandle::IoStatus::ok);
+  ASSERT_EQ(f.t.pool().try_pop(1, taken), RingStatus::ok);
+  EXPECT_EQ(f.t.requeue(taken), TopicHandle::IoStatus::ok);
+  EXPECT_EQ(f.t.queued_messages(), f.t.pool().chunk_count() - 1);  // one was still held by the late push
+}
+
+// A broker killed between a slot's state store and its mask bit leaves an active slot that publishers
+// skip. Re-registration and adoption must restore the bit.
+TEST(TopicTest, AdoptSlotRestoresAMissingMaskBit) {
+  TopicFixture f({.kind = TopicKind::stream, .depth = 4, .max_size = 16, .max_subscribers = 2});
+  const std::uint32_t s = f.t.activate_slot(OwnerId::self(), 1).value();
+  f.t.shared()->active_mask.fetch_and(~(1ULL << s));  // the crash window
+  ASSERT_EQ(f.t.active_subscribers(), 0u);
+  ASSERT_TRUE(f.t.adopt_slot(s, OwnerId::self(), 1));  // the subscriber reattaches
+  EXPECT_EQ(f.t.active_subscribers(), 1u);
+  ASSERT_EQ(f.t.publish_stream(f.write("seen", 1), Deadline::now()), TopicHandle::IoStatus::ok);
+  EXPECT_EQ(f.take(f.t.slot(s)->ring), "seen");
+}
+
+TEST(TopicTest, RepairMaskMakesTheMaskAgreeWithTheSlots) {
+  TopicFixture f({.kind = TopicKind::stream, .depth = 4, .max_size = 16, .max_subscribers = 3});
+  const std::uint32_t a = f.t.activate_slot(OwnerId::self(), 1).value();
+  const std::uint32_t b = f.t.activate_slot(OwnerId::self(), 2).value();
+  f.t.free_slot(b);
+  f.t.shared()->active_mask.fetch_and(~(1ULL << a));  // active slot without its bit
+  f.t.shared()->active_mask.fetch_or(1ULL << b);      // freed slot with its bit (killed in free_slot)
+  EXPECT_EQ(f.t.repair_mask(), 2u);
+  EXPECT_EQ(f.t.shared()->active_mask.load(), 1ULL << a);
+  EXPECT_EQ(f.t.repair_mask(), 0u);
+}
+
+// The broker's sweep under descriptor exhaustion: a live owner it cannot check is not dead.
+TEST(TopicTest, DeadOwnersNeverNamesAnOwnerItCannotCheck) {
+  TopicFixture f({.kind = TopicKind::queue, .depth = 4, .max_size = 16});
+  std::uint32_t held;
+  ASSERT_EQ(f.t.allocate(held, Deadline::now()), TopicHandle::IoStatus::ok);  // owned by this (live) process
+  const std::string domain = f.domain;
+  const pid_t pid = test::fork_child([&] {
+    auto t = TopicHandle::open(domain, 1);
+    if (!t) return 2;
+    (void)OwnerId::self();  // the child's own id, read while it still can
+    rlimit rl{64, 64};
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0) return 10;
+    while (open("/dev/null", O_RDONLY) >= 0) {
+    }
+    std::vector<OwnerId> unknown;
+    if (!t->dead_owners(&unknown).empty()) return 11;
+    return unknown.empty() ? 12 : 0;
+  });
+  const auto r = test::wait_child(pid);
+  EXPECT_TRUE(r.exited && r.code == 0) << "code " << r.code << " (11: a live owner was called dead)";
+  f.t.release(held);
 }
 
 TEST(DirectoryTest, AddFindRemoveAndAdopt) {
