@@ -3,8 +3,9 @@
 //
 // Runtime directory: $SHMBUS_RUNTIME_DIR, else /run/shmbus when it exists or can be made writable, else
 // $XDG_RUNTIME_DIR/shmbus, else /tmp/shmbus-$UID. A domain ($SHMBUS_DOMAIN, else "default") gets the
-// sub-directory <runtime>/<domain>/ with broker.sock, broker.lock and broker.pid. Its segments are
-// /dev/shm/shmbus.<domain>.dir (the topic directory) and /dev/shm/shmbus.<domain>.<id> (one per topic).
+// sub-directory <runtime>/<domain>/ with broker.sock and broker.pid. Its segments are
+// /dev/shm/shmbus.<domain>.dir (the topic directory) and /dev/shm/shmbus.<domain>.<id> (one per topic),
+// whatever the runtime directory; so is the broker's lock, /dev/shm/shmbus.<domain>.lock.
 #pragma once
 
 #include <string>

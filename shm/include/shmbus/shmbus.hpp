@@ -11,7 +11,8 @@
 //
 // Threads: a Client may be shared by threads (control calls are serialised); each Publisher,
 // Subscriber, Producer and Consumer is used by one thread at a time. A Sample or Delivery must not
-// outlive the port that produced it; a port must not outlive its Client. A Client does not survive
+// outlive the port that produced it; a port must not outlive its Client. A Sample or Delivery that was
+// released, acked, nacked or moved from holds nothing: its accessors return empty values. A Client does not survive
 // fork(): it runs a reconnect thread, so a child must connect anew (and should fork before it uses
 // locks the parent's threads may hold, as with any multi-threaded process).
 //
