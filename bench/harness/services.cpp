@@ -121,7 +121,8 @@ bool Broker::start(const std::string& rundir, const std::string& domain, std::st
     return false;
   }
   log_ = rundir + "/broker.log";
-  pid_ = spawn_logged({bin, "broker", "--domain", domain, "--log-level", "info"}, log_);
+  // A private domain: its topics go with the broker (they would otherwise stay for a next one).
+  pid_ = spawn_logged({bin, "broker", "--domain", domain, "--log-level", "info", "--purge-on-exit"}, log_);
   if (pid_ < 0) {
     *err = "fork for the broker failed";
     return false;
