@@ -39,6 +39,7 @@ constexpr std::uint64_t compute() {
   h = add_type<MessageHeader>(h);
   h = add_type<SubscriberSlot>(h);
   h = add_type<WaiterRecord>(h);
+  h = fnv1a(h, kWaiterLanes);
   h = add_type<TopicShared>(h);
   h = add_type<TopicEntry>(h);
   h = add_type<DirectoryShared>(h);

@@ -537,8 +537,7 @@ std::optional<Sample> Subscriber::try_receive() noexcept {
   const std::uint64_t dropped = s->dropped.load(std::memory_order_relaxed);
   const std::uint64_t missed = dropped - p.last_dropped + t.header(c)->missed_before;
   p.last_dropped = dropped;
-  if (t.overflow() == Overflow::block)
-    EventCount(&t.shared()->space).notify();  // a publisher may wait for room
+  if (t.overflow() == Overflow::block) t.notify(TopicHandle::WaitOn::space);  // a publisher may wait for room
   return Sample(&t, c, missed);
 }
 
@@ -573,7 +572,7 @@ std::optional<Delivery> Consumer::try_receive() noexcept {
   std::uint32_t c;
   if (t.pool().try_pop(1, c) != RingStatus::ok) return std::nullopt;
   t.shared()->delivered.fetch_add(1, std::memory_order_relaxed);  // relaxed: a statistic
-  EventCount(&t.shared()->space).notify();                        // a producer may wait for room
+  t.notify(TopicHandle::WaitOn::space);                           // a producer may wait for room
   return Delivery(Sample(&t, c, 0));
 }
 

@@ -44,7 +44,8 @@ void EventCount::notify_slow() noexcept {
   s_->seq.fetch_add(1, std::memory_order_seq_cst);
   // Relaxed: a statistic.
   s_->wakes.fetch_add(1, std::memory_order_relaxed);
-  if (s_->futex_sleepers.load(std::memory_order_relaxed) != 0) futex_wake(&s_->seq, INT_MAX);
+  if (table_ != nullptr || s_->futex_sleepers.load(std::memory_order_relaxed) != 0)
+    futex_wake(&s_->seq, INT_MAX);
   if (notify_fd_ >= 0 && s_->fd_sleepers.load(std::memory_order_relaxed) != 0) {
     const std::uint64_t one = 1;
     // EAGAIN (counter saturated) still leaves the fd readable; nothing else can fail on a valid eventfd.
@@ -58,16 +59,13 @@ bool EventCount::wait(std::uint32_t key, std::chrono::nanoseconds timeout) noexc
   return rc != -ETIMEDOUT;
 }
 
-std::uint32_t EventCount::forget(EventCountShared* shared, std::atomic<std::uint32_t>& account) noexcept {
-  const std::uint32_t n = account.exchange(0, std::memory_order_relaxed);
-  if (n == 0) return 0;
-  // Never below zero: a damaged account must not turn into a huge count (a syscall per notify) either.
-  std::uint32_t cur = shared->futex_sleepers.load(std::memory_order_relaxed);
-  std::uint32_t next;
-  do {
-    next = cur > n ? cur - n : 0;
-  } while (!shared->futex_sleepers.compare_exchange_weak(cur, next, std::memory_order_relaxed));
-  return cur - next;
+std::uint32_t EventCount::forget(WaiterRecord& record) noexcept {
+  std::uint32_t n = 0;
+  // Relaxed: the owner is dead, and its exit (seen through a pidfd or /proc) ordered every store it made.
+  for (auto& lane : record.waiting) n += lane.exchange(0, std::memory_order_relaxed);
+  // Release: whoever claims the record next (acq_rel CAS) sees its lanes zeroed.
+  record.owner.store(0, std::memory_order_release);
+  return n;
 }
 
 void EventCount::reset_sleepers() noexcept {

@@ -401,8 +401,10 @@ Result<TopicHandle> TopicHandle::open(std::string_view domain, std::uint64_t id)
     return bad("waiter records outside the mapping");
   if (t->depth < 2 || !std::has_single_bit(t->depth) || t->depth > pool->ring(1).capacity())
     return bad("depth " + std::to_string(t->depth) + " does not fit the rings");
-  h.waiters_ = t->waiter_count > 0 ? seg->at(Ref<WaiterRecord>{t->waiters_offset}, t->waiter_count) : nullptr;
-  h.waiter_count_ = t->waiter_count;
+  h.waiters_.records =
+      t->waiter_count > 0 ? seg->at(Ref<WaiterRecord>{t->waiters_offset}, t->waiter_count) : nullptr;
+  h.waiters_.capacity = t->waiter_count;
+  h.waiters_.hwm = &t->waiter_hwm;
   h.depth_ = t->depth;
   h.pool_ = std::move(pool).value();
   h.slots_ = t->max_subscribers > 0 ? seg->at(Ref<SubscriberSlot>{t->subscribers_offset}, t->max_subscribers)
@@ -421,8 +423,7 @@ TopicHandle& TopicHandle::operator=(TopicHandle&& o) noexcept {
     seg_ = std::move(o.seg_);
     t_ = std::exchange(o.t_, nullptr);
     slots_ = std::exchange(o.slots_, nullptr);
-    waiters_ = std::exchange(o.waiters_, nullptr);
-    waiter_count_ = std::exchange(o.waiter_count_, 0);
+    waiters_ = std::exchange(o.waiters_, WaiterTable{});
     depth_ = std::exchange(o.depth_, 0);
     // Relaxed: moving a handle is not concurrent with its use.
     record_.store(o.record_.exchange(-1, std::memory_order_relaxed), std::memory_order_relaxed);
@@ -441,34 +442,38 @@ void poll_pause(std::chrono::nanoseconds left) noexcept {
 
 WaiterRecord* TopicHandle::claim_record() noexcept {
   const std::uint64_t me = identity().value;
+  WaiterRecord* const recs = waiters_.records;
   // A record this process claimed through another handle (or another thread) is reused first.
-  for (std::uint32_t i = 0; i < waiter_count_; ++i)
-    if (waiters_[i].owner.load(std::memory_order_acquire) == me) {
+  for (std::uint32_t i = 0; i < waiters_.capacity; ++i)
+    if (recs[i].owner.load(std::memory_order_acquire) == me) {
       record_.store(static_cast<std::int32_t>(i), std::memory_order_relaxed);
-      return &waiters_[i];
+      return &recs[i];
     }
-  for (std::uint32_t i = 0; i < waiter_count_; ++i) {
+  for (std::uint32_t i = 0; i < waiters_.capacity; ++i) {
     std::uint64_t expected = 0;
-    // acq_rel: pairs with the broker's release store that freed the record (after zeroing its counts).
-    if (waiters_[i].owner.load(std::memory_order_relaxed) == 0 &&
-        waiters_[i].owner.compare_exchange_strong(expected, me, std::memory_order_acq_rel)) {
-      record_.store(static_cast<std::int32_t>(i), std::memory_order_relaxed);
-      return &waiters_[i];
+    // acq_rel: pairs with the broker's release store that freed the record (after zeroing its lanes).
+    if (recs[i].owner.load(std::memory_order_relaxed) != 0 ||
+        !recs[i].owner.compare_exchange_strong(expected, me, std::memory_order_acq_rel))
+      continue;
+    // Raise the high-water mark before the record's first W1, so that a notifier that does not see the
+    // raise (seq_cst RMW, ordered against its N2 fence) is one whose data our W3 sees (eventcount.hpp).
+    std::uint32_t mark = waiters_.hwm->load(std::memory_order_relaxed);
+    while (mark < i + 1 && !waiters_.hwm->compare_exchange_weak(mark, i + 1, std::memory_order_seq_cst)) {
     }
+    record_.store(static_cast<std::int32_t>(i), std::memory_order_relaxed);
+    return &recs[i];
   }
   record_.store(-2, std::memory_order_relaxed);
   return nullptr;
 }
 
-std::atomic<std::uint32_t>* TopicHandle::account(WaitOn on) noexcept {
+WaiterRecord* TopicHandle::my_record() noexcept {
   // Relaxed: a process-local cache of an index; the record itself was claimed with acq_rel.
   const std::int32_t r = record_.load(std::memory_order_relaxed);
-  WaiterRecord* rec = r >= 0 && static_cast<std::uint32_t>(r) < waiter_count_ &&
-                              waiters_[r].owner.load(std::memory_order_relaxed) == identity().value
-                          ? &waiters_[r]
-                          : claim_record();
-  if (rec == nullptr) return nullptr;
-  return on == WaitOn::not_empty ? &rec->not_empty : &rec->space;
+  if (r >= 0 && static_cast<std::uint32_t>(r) < waiters_.capacity &&
+      waiters_.records[r].owner.load(std::memory_order_relaxed) == identity().value)
+    return &waiters_.records[r];
+  return claim_record();
 }
 
 // ---- data path ----
@@ -483,7 +488,7 @@ TopicHandle::IoStatus TopicHandle::allocate(std::uint32_t& chunk, const Deadline
 
 void TopicHandle::release(std::uint32_t chunk) noexcept {
   pool_.release(chunk);
-  EventCount(&t_->space).notify();
+  notify(WaitOn::space);
 }
 
 TopicHandle::IoStatus TopicHandle::push_queue(std::uint32_t chunk, const Deadline& deadline) noexcept {
@@ -494,13 +499,13 @@ TopicHandle::IoStatus TopicHandle::push_queue(std::uint32_t chunk, const Deadlin
            pool_.try_push(kQueueRing, chunk) == RingStatus::ok;
   };
   if (!wait_for(WaitOn::space, room, deadline)) return IoStatus::timed_out;
-  EventCount(&t_->not_empty).notify();
+  notify(WaitOn::not_empty);
   return IoStatus::ok;
 }
 
 TopicHandle::IoStatus TopicHandle::requeue(std::uint32_t chunk) noexcept {
   if (pool_.try_push(kQueueRing, chunk) != RingStatus::ok) return IoStatus::timed_out;
-  EventCount(&t_->not_empty).notify();
+  notify(WaitOn::not_empty);
   return IoStatus::ok;
 }
 
@@ -566,7 +571,7 @@ std::uint64_t TopicHandle::drain_ring(std::uint32_t ring) {
     pool_.release(c);
     ++n;
   }
-  if (n != 0) EventCount(&t_->space).notify();  // an allocator may wait for these chunks
+  if (n != 0) notify(WaitOn::space);  // an allocator may wait for these chunks
   return n;
 }
 
@@ -601,13 +606,19 @@ Status TopicHandle::adopt_slot(std::uint32_t i, OwnerId owner, std::uint64_t por
     return {};
   }
   drain_ring(s.ring);
+  // Only the previous owner's threads can be counted in the slot's EventCount. Dead, it left what it left
+  // (killed while parked): zero it. Alive (the same process subscribing again, or one whose slot was
+  // freed under a thread still parked here), its count is exact and that thread will withdraw it.
+  if (const OwnerId last{s.last_owner.load(std::memory_order_relaxed)};
+      !last.valid() || liveness(last) == Liveness::dead)
+    EventCount(&s.ec).reset_sleepers();
   // Relaxed stores: published by R7 below.
   s.owner.store(owner.value, std::memory_order_relaxed);
+  s.last_owner.store(owner.value, std::memory_order_relaxed);
   s.port.store(port, std::memory_order_relaxed);
   s.dropped.store(0, std::memory_order_relaxed);
   s.gap.store(0, std::memory_order_relaxed);
   s.delivered.store(0, std::memory_order_relaxed);
-  EventCount(&s.ec).reset_sleepers();
   s.state.store(kSlotActive, std::memory_order_relaxed);
   SHMBUS_FAULT_POINT("topic.activate.before_mask");  // the state says active, the mask does not yet
   t_->active_mask.fetch_or(1ULL << i, std::memory_order_release);  // R7
@@ -673,23 +684,25 @@ std::uint64_t TopicHandle::drain_free_slots(std::uint64_t* requeued) {
 }
 
 ReclaimReport TopicHandle::reclaim(OwnerId dead) {
-  for (std::uint32_t i = 0; i < waiter_count_; ++i) {
-    WaiterRecord& w = waiters_[i];
-    if (w.owner.load(std::memory_order_acquire) != dead.value) continue;
-    EventCount::forget(&t_->not_empty, w.not_empty);
-    EventCount::forget(&t_->space, w.space);
-    // Release: a process that claims the record next sees its counts zeroed.
-    w.owner.store(0, std::memory_order_release);
-  }
-  for (std::uint32_t i = 0; i < t_->max_subscribers; ++i)
-    if (slots_[i].state.load(std::memory_order_relaxed) == kSlotActive &&
-        slots_[i].owner.load(std::memory_order_relaxed) == dead.value)
+  for (std::uint32_t i = 0; i < waiters_.capacity; ++i)
+    if (waiters_.records[i].owner.load(std::memory_order_acquire) == dead.value)
+      EventCount::forget(waiters_.records[i]);
+  for (std::uint32_t i = 0; i < t_->max_subscribers; ++i) {
+    SubscriberSlot& s = slots_[i];
+    if (s.state.load(std::memory_order_relaxed) == kSlotActive &&
+        s.owner.load(std::memory_order_relaxed) == dead.value)
       free_slot(i);
+    // A slot whose latest owner is `dead` is free now (freed here, or earlier when its socket closed),
+    // and only that owner's threads can be counted in its EventCount: what it left goes now.
+    if (s.last_owner.load(std::memory_order_relaxed) == dead.value &&
+        s.state.load(std::memory_order_relaxed) == kSlotFree)
+      EventCount(&s.ec).reset_sleepers();
+  }
   ReclaimReport rep = pool_.reclaim(
       dead, kind() == TopicKind::queue ? ChunkPool::Policy::redeliver : ChunkPool::Policy::free);
   for (std::uint32_t c : rep.held) held_.push_back(c);
-  if (rep.redelivered != 0) EventCount(&t_->not_empty).notify();
-  if (rep.freed != 0) EventCount(&t_->space).notify();
+  if (rep.redelivered != 0) notify(WaitOn::not_empty);
+  if (rep.freed != 0) notify(WaitOn::space);
   return rep;
 }
 
@@ -710,8 +723,8 @@ std::vector<OwnerId> TopicHandle::dead_owners(std::vector<OwnerId>* unknown) con
         break;
     }
   };
-  for (std::uint32_t i = 0; i < waiter_count_; ++i)
-    consider(waiters_[i].owner.load(std::memory_order_acquire));
+  for (std::uint32_t i = 0; i < waiters_.capacity; ++i)
+    consider(waiters_.records[i].owner.load(std::memory_order_acquire));
   for (std::uint32_t i = 0; i < pool_.chunk_count(); ++i) {
     const std::uint64_t o = pool_.header(i).owner.load(std::memory_order_acquire);
     if (!ChunkPool::is_queued(o)) {

@@ -20,20 +20,23 @@
 // and FUTEX_WAIT compares seq with the key atomically in the kernel, so W4 either does not sleep or is
 // woken.
 //
-// Dead waiters. A waiter killed while counted would leave futex_sleepers high forever, and every notify
-// would then make a needless FUTEX_WAKE (never a hang, but a syscall per message). Two cures:
-//  - an EventCount that only one process waits on (a subscriber slot's) is reset by its supervisor once
-//    that process is known dead (reset_sleepers());
-//  - an EventCount that many processes wait on is used with an *account*: a 32-bit counter of the
-//    waiting process's own, in shared memory (a topic's waiter records), that says how many of its
-//    threads are counted in futex_sleepers now. The waiter adds to futex_sleepers first and to its
-//    account second, and withdraws from its account first and from futex_sleepers second, so an account
-//    never exceeds what its process contributes. Once the process is dead, its supervisor calls
-//    forget(account): subtracting the frozen account removes only the dead process's own counts, never a
-//    live waiter's (which would be a lost wake-up). A process killed in the one-instruction window
-//    between the two steps of entry leaves one count behind: a needless syscall per notify, never a hang.
-//    Account updates are relaxed: the supervisor reads an account only after the process is dead, and its
-//    exit (seen through a pidfd or /proc) orders every store it made.
+// Dead waiters. A waiter killed while counted would leave its count high forever, and every notify would
+// then make a needless FUTEX_WAKE (never a hang, but a syscall per message). Two cures:
+//  - an EventCount that only one process waits on (a subscriber slot's) counts in futex_sleepers and is
+//    reset by its supervisor once that process is known dead (reset_sleepers());
+//  - an EventCount that many processes wait on counts each process's waiters in that process's own
+//    WaiterRecord (a "lane" of it) and nowhere else: W1 is the increment of the record's lane, and a
+//    notifier (N3) reads the lanes of every record claimed so far instead of futex_sleepers. A record is
+//    written by one process only, so its count is exactly the number of that process's threads between
+//    W1 and the end of W4; when the process dies, its supervisor zeroes the record (forget()) and nothing
+//    else is left behind, whatever instruction the process died at. (An earlier design kept a global
+//    count plus a per-process account: a process killed between the two updates leaked a count, and the
+//    soak test found such leaks within a minute.) The no-lost-wake-up argument is unchanged: W1 (a
+//    seq_cst RMW on the lane) and N2 are in one total order, and N3's relaxed loads after the seq_cst
+//    fence see W1 when W1 came first; a record claimed after N3 read the high-water mark was claimed
+//    (a seq_cst RMW on the mark, before W1) after N2, so its waiter's W3 sees N1. The cost: a notify
+//    reads one line per record claimed so far (they change only when a process starts or stops waiting,
+//    so they stay in the notifier's cache) instead of one word.
 #pragma once
 
 #include <atomic>
@@ -44,6 +47,34 @@
 #include "shmbus/result.hpp"
 
 namespace shmbus {
+
+// One process's waiters on up to kWaiterLanes EventCounts that share a WaiterTable (a topic's not_empty
+// and space). Alone on its line: a process entering a wait does not disturb another's record.
+inline constexpr std::uint32_t kWaiterLanes = 2;
+struct alignas(kHwLine) WaiterRecord {
+  std::atomic<std::uint64_t> owner;                  // OwnerId; 0 when free (claimed by CAS, acq_rel;
+                                                     // freed by the supervisor with a release store)
+  std::atomic<std::uint32_t> waiting[kWaiterLanes];  // its threads between W1 and the end of W4, per lane
+  std::uint8_t pad[kHwLine - 8 - 4 * kWaiterLanes];
+};
+static_assert(sizeof(WaiterRecord) == kHwLine);
+static_assert(std::is_standard_layout_v<WaiterRecord>);
+
+// A process's view of a table of WaiterRecords in shared memory: `capacity` records and the high-water
+// mark of those ever claimed (records below it may be free again: their lanes are zero then).
+struct WaiterTable {
+  WaiterRecord* records = nullptr;
+  std::uint32_t capacity = 0;                 // validated at attach; never re-read from shared memory
+  std::atomic<std::uint32_t>* hwm = nullptr;  // raised (seq_cst) before a claimed record is first used
+  // N3 for `lane`: is any process waiting? Relaxed loads: the caller's seq_cst fence (N2) orders them.
+  bool any_waiting(std::uint32_t lane) const noexcept {
+    std::uint32_t n = hwm->load(std::memory_order_relaxed);
+    if (n > capacity) n = capacity;  // a damaged mark must not send us past the table
+    for (std::uint32_t i = 0; i < n; ++i)
+      if (records[i].waiting[lane].load(std::memory_order_relaxed) != 0) return true;
+    return false;
+  }
+};
 
 struct alignas(kCacheLine) EventCountShared {
   std::atomic<std::uint32_t> seq;             // the futex word; bumped by a notifier that saw a sleeper
@@ -63,10 +94,13 @@ int futex_wake(std::atomic<std::uint32_t>* word, int count);
 class EventCount {
  public:
   EventCount() = default;
-  // `account`: this process's counter of its waiters on `shared` (see "Dead waiters"), or null when the
-  // EventCount has one waiting process and its supervisor resets it instead.
-  explicit EventCount(EventCountShared* shared, std::atomic<std::uint32_t>* account = nullptr)
-      : s_(shared), account_(account) {}
+  // An EventCount whose waiters count in futex_sleepers (one waiting process; see "Dead waiters").
+  explicit EventCount(EventCountShared* shared) : s_(shared) {}
+  // An EventCount whose waiters count in `table`'s records, lane `lane`. A notifier passes no record; a
+  // waiter passes its own (`mine`, claimed in `table`).
+  EventCount(EventCountShared* shared, const WaiterTable* table, std::uint32_t lane,
+             WaiterRecord* mine = nullptr)
+      : s_(shared), table_(table), lane_(lane), mine_(mine) {}
 
   // Initialise the shared part in a fresh segment (creator only, before publish).
   static void init(EventCountShared* shared) noexcept;
@@ -76,9 +110,10 @@ class EventCount {
   void notify() noexcept {
     // N2: pairs with W1 in prepare_wait(); see the header comment.
     std::atomic_thread_fence(std::memory_order_seq_cst);
-    // N3: relaxed is enough after the seq_cst fence, which orders this load against W1.
-    if (s_->futex_sleepers.load(std::memory_order_relaxed) == 0 &&
-        (notify_fd_ < 0 || s_->fd_sleepers.load(std::memory_order_relaxed) == 0))
+    // N3: relaxed is enough after the seq_cst fence, which orders these loads against W1.
+    if (table_ != nullptr ? !table_->any_waiting(lane_)
+                          : s_->futex_sleepers.load(std::memory_order_relaxed) == 0 &&
+                                (notify_fd_ < 0 || s_->fd_sleepers.load(std::memory_order_relaxed) == 0))
       return;
     notify_slow();
   }
@@ -87,9 +122,10 @@ class EventCount {
 
   // --- futex waiter side -----------------------------------------------------------------------------
   // W1 + W2: announce, then return the key to pass to wait().
+  // With a table, only a waiter that passed its record may call prepare_wait().
   std::uint32_t prepare_wait() noexcept {
-    s_->futex_sleepers.fetch_add(1, std::memory_order_seq_cst);                  // W1: pairs with N2.
-    if (account_ != nullptr) account_->fetch_add(1, std::memory_order_relaxed);  // after W1: see header
+    // W1: pairs with N2. In table mode, the process's own lane, and nothing else (see "Dead waiters").
+    (mine_ != nullptr ? mine_->waiting[lane_] : s_->futex_sleepers).fetch_add(1, std::memory_order_seq_cst);
     // W1': the fence orders W1 before the caller's re-check (W3), which is usually an acquire load; a
     // seq_cst RMW alone does not order later non-seq_cst loads in the C++ model (free on x86: the RMW
     // is a full barrier already).
@@ -128,21 +164,22 @@ class EventCount {
 
   // After the owner reclaimed a dead waiter: zero the counts (no one may be waiting at this moment).
   void reset_sleepers() noexcept;
-  // Supervisor: `account` belongs to a process that is dead; take its counts out of futex_sleepers and
-  // zero it. Returns how many counts it removed.
-  static std::uint32_t forget(EventCountShared* shared, std::atomic<std::uint32_t>& account) noexcept;
+  // Supervisor: `record` belongs to a process that is dead; zero its lanes and free it. Returns how many
+  // waiters it had counted.
+  static std::uint32_t forget(WaiterRecord& record) noexcept;
 
   EventCountShared* shared() const { return s_; }
 
  private:
-  // Leave the count: the account first, then futex_sleepers (see "Dead waiters"). Relaxed: counts only.
+  // Leave the count (relaxed: only counts; the next W1 or N2 orders what matters).
   void withdraw() noexcept {
-    if (account_ != nullptr) account_->fetch_sub(1, std::memory_order_relaxed);
-    s_->futex_sleepers.fetch_sub(1, std::memory_order_relaxed);
+    (mine_ != nullptr ? mine_->waiting[lane_] : s_->futex_sleepers).fetch_sub(1, std::memory_order_relaxed);
   }
   void notify_slow() noexcept;
   EventCountShared* s_ = nullptr;
-  std::atomic<std::uint32_t>* account_ = nullptr;
+  const WaiterTable* table_ = nullptr;
+  std::uint32_t lane_ = 0;
+  WaiterRecord* mine_ = nullptr;
   int notify_fd_ = -1;
 };
 

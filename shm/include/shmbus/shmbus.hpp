@@ -12,8 +12,8 @@
 // Threads: a Client may be shared by threads (control calls are serialised); each Publisher,
 // Subscriber, Producer and Consumer is used by one thread at a time. A Sample or Delivery must not
 // outlive the port that produced it; a port must not outlive its Client. A Sample or Delivery that was
-// released, acked, nacked or moved from holds nothing: its accessors return empty values. A Client does not survive
-// fork(): it runs a reconnect thread, so a child must connect anew (and should fork before it uses
+// released, acked, nacked or moved from holds nothing: its accessors return empty values. A Client does not
+// survive fork(): it runs a reconnect thread, so a child must connect anew (and should fork before it uses
 // locks the parent's threads may hold, as with any multi-threaded process).
 //
 // The data path (loan, publish, try_receive, receive, ack) never talks to the broker, never takes a

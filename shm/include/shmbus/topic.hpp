@@ -25,10 +25,10 @@
 // the broker and takes no lock.
 //
 // Waiting: a process that waits on a topic-wide EventCount (not_empty, space) is counted in its own
-// WaiterRecord, claimed by CAS on first wait and freed by the broker when the process is dead: the broker
-// then subtracts what the record says from the EventCount (eventcount.hpp, "Dead waiters"), so a waiter
-// killed while parked does not make every later notify a syscall. A process that finds every record
-// taken waits without being counted, by sleeping 1 ms between checks (slower, never wrong).
+// WaiterRecord only (eventcount.hpp, "Dead waiters"), claimed by CAS on first wait and freed by the
+// broker when the process is dead, so a waiter killed while parked leaves no count behind that would
+// make every later notify a syscall. A process that finds every record taken waits without being
+// counted, by sleeping 1 ms between checks (slower, never wrong).
 //
 // Memory ordering: message bytes are published by the pool's hand-over (R5/R3 -> A3/A5, see
 // chunk_pool.hpp). active_mask: the broker drains a slot's ring, then sets the owner and state
@@ -119,14 +119,16 @@ std::optional<AttrValue> find_attr(const std::byte* in, std::uint32_t size, std:
 // rarely), the subscriber's own counter, and the eventcount. A publisher never writes a line that the
 // subscriber writes on every message.
 struct alignas(kCacheLine) SubscriberSlot {
-  std::atomic<std::uint64_t> owner;    // OwnerId of the subscribing process; 0 when free (broker writes)
-  std::atomic<std::uint32_t> state;    // kSlotFree / kSlotActive (broker writes)
-  std::uint32_t ring;                  // its pool ring, 1 + slot index (fixed at creation)
-  std::atomic<std::uint64_t> port;     // client-chosen port id, for status (broker writes)
-  std::atomic<std::uint64_t> dropped;  // messages publishers dropped from this ring (drop-oldest)
-  std::atomic<std::uint64_t> gap;      // block policy: messages this slot missed at the tail, to be
-                                       // reported by the next message pushed to it (missed_before)
-  std::uint8_t pad0[kCacheLine - 40];
+  std::atomic<std::uint64_t> owner;       // OwnerId of the subscribing process; 0 when free (broker writes)
+  std::atomic<std::uint32_t> state;       // kSlotFree / kSlotActive (broker writes)
+  std::uint32_t ring;                     // its pool ring, 1 + slot index (fixed at creation)
+  std::atomic<std::uint64_t> port;        // client-chosen port id, for status (broker writes)
+  std::atomic<std::uint64_t> dropped;     // messages publishers dropped from this ring (drop-oldest)
+  std::atomic<std::uint64_t> gap;         // block policy: messages this slot missed at the tail, to be
+                                          // reported by the next message pushed to it (missed_before)
+  std::atomic<std::uint64_t> last_owner;  // the owner of the latest activation, kept when the slot is
+                                          // freed: only its threads can be counted in `ec` (broker writes)
+  std::uint8_t pad0[kCacheLine - 48];
   alignas(kCacheLine) std::atomic<std::uint64_t> delivered;  // messages the subscriber took (it writes)
   std::uint8_t pad1[kCacheLine - 8];
   EventCountShared ec;  // the subscriber sleeps here
@@ -137,17 +139,9 @@ static_assert(offsetof(SubscriberSlot, ec) == 2 * kCacheLine);
 inline constexpr std::uint32_t kSlotFree = 0;
 inline constexpr std::uint32_t kSlotActive = 1;
 
-// One per process that waits on the topic's not_empty or space: how many of its threads are counted in
-// each EventCount's futex_sleepers now (the accounts of eventcount.hpp).
-struct WaiterRecord {
-  std::atomic<std::uint64_t> owner;      // OwnerId; 0 when free. Claimed by CAS (acq_rel), freed by the
-                                         // broker with a release store once the owner is dead.
-  std::atomic<std::uint32_t> not_empty;  // its threads counted in TopicShared::not_empty
-  std::atomic<std::uint32_t> space;      // its threads counted in TopicShared::space
-};
-static_assert(sizeof(WaiterRecord) == 16);
-static_assert(std::is_standard_layout_v<WaiterRecord>);
 inline constexpr std::uint32_t kWaiterRecords = 256;  // per topic; more waiting processes poll (see above)
+inline constexpr std::uint32_t kLaneNotEmpty = 0;     // WaiterRecord lanes: TopicShared::not_empty
+inline constexpr std::uint32_t kLaneSpace = 1;        // and TopicShared::space
 
 struct TopicShared {
   std::uint64_t topic_id;
@@ -159,13 +153,14 @@ struct TopicShared {
   std::uint32_t attrs_max;
   std::uint64_t pool_offset;         // Ref<ChunkPoolShared>
   std::uint64_t subscribers_offset;  // Ref<SubscriberSlot>[max_subscribers] (streams)
-  std::uint64_t waiters_offset;      // Ref<WaiterRecord>[waiter_count]
+  std::uint64_t waiters_offset;      // Ref<WaiterRecord>[waiter_count] (eventcount.hpp)
   std::uint32_t waiter_count;
   std::uint32_t name_len;
   char name[kNameCap];
   std::uint8_t pad0[kCacheLine - ((72 + kNameCap) % kCacheLine)];
   alignas(kCacheLine) std::atomic<std::uint64_t> active_mask;  // streams: bit i = slot i active (R7/A7)
-  std::uint8_t pad1[kCacheLine - 8];
+  std::atomic<std::uint32_t> waiter_hwm;  // waiter records ever claimed (WaiterTable::hwm); read-mostly
+  std::uint8_t pad1[kCacheLine - 12];
   // Statistics, relaxed. Written by publishers on one line and by receivers on another, so that a
   // publisher and a subscriber do not bounce one line between them on every message.
   alignas(kCacheLine) std::atomic<std::uint64_t> published;
@@ -345,9 +340,14 @@ class TopicHandle {
   enum class WaitOn : std::uint8_t { not_empty, space };
   template <typename Ready>
   bool wait_for(WaitOn on, Ready&& ready, const Deadline& deadline, std::uint32_t spin = 0) noexcept;
-  // This process's account on not_empty or space (claiming a waiter record on first use), or null when
-  // every record is taken.
-  std::atomic<std::uint32_t>* account(WaitOn on) noexcept;
+  // This process's waiter record (claimed on first use), or null when every record is taken.
+  WaiterRecord* my_record() noexcept;
+  // Wake whoever waits on not_empty or space (no syscall when nobody does).
+  void notify(WaitOn on) const noexcept {
+    EventCount(on == WaitOn::not_empty ? &t_->not_empty : &t_->space, &waiters_,
+               on == WaitOn::not_empty ? kLaneNotEmpty : kLaneSpace)
+        .notify();
+  }
 
   // ---- broker ----
   // Activate a free subscriber slot for `owner`; returns its index. Drains the slot's ring first.
@@ -383,8 +383,7 @@ class TopicHandle {
   Segment seg_;
   TopicShared* t_ = nullptr;
   SubscriberSlot* slots_ = nullptr;
-  WaiterRecord* waiters_ = nullptr;
-  std::uint32_t waiter_count_ = 0;
+  WaiterTable waiters_;  // geometry validated at open
   std::uint64_t depth_ = 0;
   // This process's waiter record: -1 until the first wait claims one, -2 when none was free (then the
   // claim is retried at each wait). Atomic: the threads of a process share a handle.
@@ -399,8 +398,8 @@ bool TopicHandle::wait_for(WaitOn on, Ready&& ready, const Deadline& deadline, s
     if (ready()) return true;
     __builtin_ia32_pause();
   }
-  std::atomic<std::uint32_t>* acc = account(on);
-  if (acc == nullptr) {  // no waiter record: poll, uncounted, so that dying here leaks nothing
+  WaiterRecord* mine = my_record();
+  if (mine == nullptr) {  // no waiter record: poll, uncounted, so that dying here leaks nothing
     for (;;) {
       if (ready()) return true;
       const auto left = deadline.left();
@@ -408,7 +407,8 @@ bool TopicHandle::wait_for(WaitOn on, Ready&& ready, const Deadline& deadline, s
       poll_pause(left);
     }
   }
-  EventCount ec(on == WaitOn::not_empty ? &t_->not_empty : &t_->space, acc);
+  EventCount ec(on == WaitOn::not_empty ? &t_->not_empty : &t_->space, &waiters_,
+                on == WaitOn::not_empty ? kLaneNotEmpty : kLaneSpace, mine);
   for (;;) {
     const std::uint32_t key = ec.prepare_wait();  // W1, W2
     if (ready()) {                                // W3
