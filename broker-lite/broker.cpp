@@ -48,6 +48,10 @@ constexpr auto kLinger = std::chrono::seconds(2);
 constexpr std::size_t kMaxPendingWrite = 4u << 20;
 constexpr std::size_t kMaxClientName = 128;
 constexpr int kSweepEveryTicks = 5;  // dead-owner sweep: every 5 ticks (1 s at the default 200 ms)
+// How long after its start a broker waits for running clients to claim back the subscriber slots it
+// adopted (they reconnect within about a second). Slots of live processes unclaimed by then are freed:
+// nobody reads them, and a block-policy publisher would wait on them.
+constexpr auto kClaimGrace = std::chrono::seconds(5);
 
 std::string in_quotes(std::string_view s) {
   return "\"" + std::string(s) + "\"";
@@ -176,46 +180,71 @@ std::string domain_lock_path(std::string_view domain) {
   return "/dev/shm/shmbus." + std::string(domain) + ".lock";
 }
 
+namespace {
+Error foreign_lock(const std::string& path, std::string_view domain, uid_t owner) {
+  return Error(Errc::permission_denied,
+               "the domain lock " + path + " is owned by uid " + std::to_string(owner) +
+                   ", not by this user (uid " + std::to_string(::geteuid()) +
+                   "): another user holds domain \"" + std::string(domain) +
+                   "\"; pick another domain, or have that user (or root) remove the file");
+}
+}  // namespace
+
 Result<DomainLock> DomainLock::take(std::string_view domain, const std::string& holder) {
   const std::string path = domain_lock_path(domain);
-  // O_NOFOLLOW: /dev/shm is writable by everyone; a symlink planted there must not redirect the lock.
-  Fd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
-  if (!fd) return Error::from_errno(errno, "cannot open the domain lock " + path);
-  struct stat st {};
-  if (::fstat(fd.get(), &st) != 0) return Error::from_errno(errno, "cannot stat " + path);
-  if (!S_ISREG(st.st_mode) || st.st_uid != ::geteuid())
-    return Error(Errc::permission_denied,
-                 "the domain lock " + path + " is owned by uid " + std::to_string(st.st_uid) +
-                     ", not by this user (uid " + std::to_string(::geteuid()) +
-                     "): another user holds domain \"" + std::string(domain) + "\"; pick another domain");
-  if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
-    const int err = errno;
-    if (err != EWOULDBLOCK) return Error::from_errno(err, "cannot lock " + path);
-    // The holder writes its pid and runtime directory right after it locks: wait a moment for them.
-    std::string who;
-    for (int i = 0; i < 20 && who.empty(); ++i) {
-      char buf[512];
-      const ssize_t n = ::pread(fd.get(), buf, sizeof buf - 1, 0);
-      if (n > 0 && buf[n - 1] == '\n') who.assign(buf, static_cast<std::size_t>(n - 1));
-      if (who.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  // The file may be unlinked (purge) between our open and our flock: then we locked an orphan inode, and
+  // another process may lock a new file at the path. Lock, then check the path still names our inode.
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    // O_NOFOLLOW: /dev/shm is writable by everyone; a symlink planted there must not redirect the lock.
+    Fd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
+    if (!fd) {
+      const int err = errno;
+      struct stat other {};
+      if (err == EACCES && ::lstat(path.c_str(), &other) == 0 && other.st_uid != ::geteuid())
+        return foreign_lock(path, domain, other.st_uid);
+      return Error::from_errno(err, "cannot open the domain lock " + path);
     }
-    return Error(Errc::already_exists, "a broker for domain " + std::string(domain) + " already runs (" +
-                                           (who.empty() ? std::string("pid unknown") : who) + ")");
+    struct stat st {};
+    if (::fstat(fd.get(), &st) != 0) return Error::from_errno(errno, "cannot stat " + path);
+    if (!S_ISREG(st.st_mode) || st.st_uid != ::geteuid()) return foreign_lock(path, domain, st.st_uid);
+    if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+      const int err = errno;
+      if (err != EWOULDBLOCK) return Error::from_errno(err, "cannot lock " + path);
+      // The holder writes who it is right after it locks: wait a moment for it.
+      std::string who;
+      for (int i = 0; i < 20 && who.empty(); ++i) {
+        char buf[512];
+        const ssize_t n = ::pread(fd.get(), buf, sizeof buf - 1, 0);
+        if (n > 0 && buf[n - 1] == '\n') who.assign(buf, static_cast<std::size_t>(n - 1));
+        if (who.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+      return Error(
+          Errc::already_exists,
+          who.empty() ? "domain " + std::string(domain) + " is held by another process (pid unknown)" : who);
+    }
+    struct stat now {};
+    if (::stat(path.c_str(), &now) != 0 || now.st_ino != st.st_ino || now.st_dev != st.st_dev) continue;
+    // Ours: say who holds it, for the error above.
+    const std::string text = holder + "\n";
+    if (::ftruncate(fd.get(), 0) != 0 ||
+        ::pwrite(fd.get(), text.data(), text.size(), 0) != static_cast<ssize_t>(text.size()))
+      return Error::from_errno(errno, "cannot write " + path);
+    DomainLock l;
+    l.fd_ = fd.release();
+    l.path_ = path;
+    return l;
   }
-  // Ours: say who holds it, for the error above.
-  const std::string text = holder + "\n";
-  if (::ftruncate(fd.get(), 0) != 0 ||
-      ::pwrite(fd.get(), text.data(), text.size(), 0) != static_cast<ssize_t>(text.size()))
-    return Error::from_errno(errno, "cannot write " + path);
-  DomainLock l;
-  l.fd_ = fd.release();
-  return l;
+  return Error(Errc::system_error, "the domain lock " + path + " keeps being replaced; try again");
+}
+
+void DomainLock::unlink() noexcept {
+  // Safe while we hold the lock: a process that opened the old inode re-checks the path after flock.
+  if (fd_ >= 0) ::unlink(path_.c_str());
 }
 
 DomainLock::~DomainLock() {
   if (fd_ >= 0) {
     // Empty it before the unlock (a broker that finds it empty says "pid unknown", never a stale pid).
-    // The file stays: unlinking a lock file lets two processes lock two different files.
     (void)::ftruncate(fd_, 0);
     ::close(fd_);
   }
@@ -239,13 +268,27 @@ std::vector<std::string> domain_segments(std::string_view domain) {
   return out;
 }
 
+std::size_t remove_domain_segments(std::string_view domain) {
+  std::size_t n = 0;
+  const std::string prefix = std::string(domain) + ".";
+  for (const std::string& name : domain_segments(domain)) {
+    // A topic still mapped by running clients is marked first, so that their ports fail instead of
+    // publishing into a segment nobody will read again.
+    const std::string rest = name.substr(prefix.size());
+    if (rest != "dir")
+      if (auto h = TopicHandle::open(domain, std::stoull(rest))) h->mark_deleted();
+    if (Segment::remove(name)) ++n;
+  }
+  return n;
+}
+
 Result<std::size_t> purge_domain(std::string_view domain) {
   if (auto st = check_domain_name(domain); !st) return st.error();
-  auto lock = DomainLock::take(domain, "purge by pid " + std::to_string(::getpid()));
+  auto lock = DomainLock::take(
+      domain, "domain " + std::string(domain) + " is being purged (pid " + std::to_string(::getpid()) + ")");
   if (!lock) return lock.error();
-  std::size_t n = 0;
-  for (const std::string& name : domain_segments(domain))
-    if (Segment::remove(name)) ++n;
+  const std::size_t n = remove_domain_segments(domain);
+  lock->unlink();  // the domain is gone: leave nothing (a root-owned lock would shut other users out)
   return n;
 }
 
@@ -276,8 +319,9 @@ struct Broker::Impl {
   std::uint64_t ticks = 0;
   std::map<std::uint64_t, Clock::time_point> unknown_warned;  // owners of unknown liveness, last warned
   bool stop_requested = false;
-  bool purge = false;    // remove every segment at shutdown (--purge-on-exit, or stop with "purge")
-  bool serving = false;  // start() succeeded: shutdown() may remove the segments
+  bool purge = false;            // remove every segment at shutdown (--purge-on-exit, or stop with "purge")
+  bool unclaimed_swept = false;  // the kClaimGrace sweep of adopted slots has run
+  bool serving = false;          // start() succeeded: shutdown() may remove the segments
   bool shut_down = false;
 
   ~Impl() {
@@ -318,7 +362,8 @@ struct Broker::Impl {
   }
 
   Status take_lock() {
-    auto l = DomainLock::take(domain, "pid " + std::to_string(::getpid()) + ", runtime dir " + runtime_dir);
+    auto l = DomainLock::take(domain, "a broker for domain " + domain + " already runs (pid " +
+                                          std::to_string(::getpid()) + ", runtime dir " + runtime_dir + ")");
     if (!l) return l.error();
     lock.emplace(std::move(l).value());
     // The lock is ours: whatever socket or pid file is there was left by a broker that died.
@@ -357,6 +402,23 @@ struct Broker::Impl {
     directory.emplace(std::move(d).value());
     if (!replaced.empty())
       spdlog::warn("replaced the topic directory of domain \"{}\": {}", domain, replaced);
+    // Owner ids are pids of one pid namespace: a broker in another would take live processes for dead
+    // (ESRCH) or dead ones for alive. Refuse rather than guess.
+    auto ns = own_pid_namespace();
+    if (!ns) return Error(Errc::unavailable, "broker for domain \"" + domain + "\": " + ns.error().message());
+    DirectoryShared* ds = directory->shared();
+    if (ds->pid_ns_ino == 0) {
+      ds->pid_ns_ino = ns->ino;
+      ds->pid_ns_dev = ns->dev;
+    } else if (ds->pid_ns_ino != ns->ino || ds->pid_ns_dev != ns->dev) {
+      const std::uint64_t theirs = ds->pid_ns_ino;
+      directory.reset();
+      return Error(Errc::unavailable,
+                   "domain \"" + domain + "\" was run by a broker in another pid namespace (pid:[" +
+                       std::to_string(theirs) + "]; this one is pid:[" + std::to_string(ns->ino) +
+                       "]), where the owner ids stamped in its segments name other processes: run the broker "
+                       "in that namespace, or remove the domain's topics with `shmbus stop --purge`");
+    }
     chown_segment(directory_segment_name(domain),
                   opt.config.segment_gid);  // an adopted one may predate the config
     // Relaxed: who runs the domain is informational (status, debugging); no reader synchronises on it.
@@ -379,6 +441,7 @@ struct Broker::Impl {
         continue;
       }
       Topic t{std::move(h).value(), info.name};
+      t.handle.repair_waiters();
       if (const std::uint32_t fixed = t.handle.repair_mask(); fixed != 0)
         spdlog::warn(
             "topic {}: {} subscriber mask bit(s) disagreed with their slots (a broker died between "
@@ -557,6 +620,31 @@ struct Broker::Impl {
     }
   }
 
+  // Active subscriber slots that no connection holds: adopted from a previous broker and not claimed back
+  // by their (live) owners. Dead owners' slots are reclaim_dead()'s.
+  void free_unclaimed_slots() {
+    for (auto& [id, t] : topics) {
+      for (std::uint32_t i = 0; i < t.handle.max_subscribers(); ++i) {
+        const SubscriberSlot* slot = t.handle.slot(i);
+        if (slot->state.load(std::memory_order_relaxed) != kSlotActive) continue;
+        const bool claimed = std::any_of(sessions.begin(), sessions.end(), [&](const auto& kv) {
+          return std::any_of(kv.second->slots.begin(), kv.second->slots.end(),
+                             [&](const SlotRecord& r) { return r.topic_id == id && r.slot == i; });
+        });
+        if (claimed) continue;
+        const OwnerId owner{slot->owner.load(std::memory_order_relaxed)};
+        spdlog::warn(
+            "topic {}: freed subscriber slot {}: its owner (pid {}) did not claim it back within {} s of "
+            "this "
+            "broker's start; if it comes back, it is told how many messages it missed",
+            in_quotes(t.name), i, owner.pid(),
+            std::chrono::duration_cast<std::chrono::seconds>(kClaimGrace).count());
+        fold_slot_delivered(t.handle, i);
+        t.handle.free_slot(i);
+      }
+    }
+  }
+
   // ---- clients ----
 
   std::size_t connected_clients() const {
@@ -598,7 +686,15 @@ struct Broker::Impl {
       }
       Fd pidfd(pidfd_open(cred.pid));
       if (!pidfd) {
-        spdlog::debug("client pid {} left before it was registered ({})", cred.pid, std::strerror(errno));
+        const int err = errno;
+        if (err == ESRCH) {
+          spdlog::debug("client pid {} left before it was registered", cred.pid);
+        } else {
+          const std::string msg = std::string("the broker cannot watch this process (pidfd_open: ") +
+                                  std::strerror(err) + "); try again";
+          spdlog::warn("refusing client pid {}: {}", cred.pid, msg);
+          send_now(fd.get(), control::error_reply(Error(Errc::unavailable, msg)));
+        }
         continue;
       }
       int err = 0;
@@ -894,6 +990,7 @@ struct Broker::Impl {
     const std::uint64_t id = t.handle.shared()->topic_id;
     for (auto& [sid, s] : sessions)
       std::erase_if(s->slots, [id](const SlotRecord& r) { return r.topic_id == id; });
+    t.handle.mark_deleted();  // ports that map it fail from now on
     directory->remove(name);
     by_name.erase(name);
     topics.erase(id);
@@ -909,7 +1006,10 @@ struct Broker::Impl {
     auto slot = t.handle.activate_slot(s.owner, port);
     if (!slot) throw BadRequest{slot.error()};
     const std::uint64_t id = t.handle.shared()->topic_id;
-    s.slots.push_back({id, *slot, port});
+    // activate_slot() gives a retried subscribe (same process, same port) the slot it had already.
+    if (std::none_of(s.slots.begin(), s.slots.end(),
+                     [&](const SlotRecord& r) { return r.topic_id == id && r.slot == *slot; }))
+      s.slots.push_back({id, *slot, port});
     spdlog::debug("{} subscribed to {} (slot {})", s.who(), in_quotes(t.name), *slot);
     return {{"ok", true}, {"name", t.name}, {"id", id}, {"slot", *slot}, {"port", port}};
   }
@@ -917,24 +1017,32 @@ struct Broker::Impl {
   json op_unsubscribe(Session& s, const json& req) {
     Topic& t = need_topic(req_string(req, "name"));
     const std::optional<std::uint64_t> slot = opt_uint(req, "slot");
-    const std::optional<std::uint64_t> port = slot ? std::nullopt : opt_uint(req, "port");
+    const std::optional<std::uint64_t> port = opt_uint(req, "port");
     if (!slot && !port)
       throw BadRequest{Error(Errc::invalid_argument, "unsubscribe needs \"slot\" or \"port\" (an integer)")};
     const std::uint64_t id = t.handle.shared()->topic_id;
     auto it = std::find_if(s.slots.begin(), s.slots.end(), [&](const SlotRecord& r) {
       return r.topic_id == id && (slot ? r.slot == *slot : r.port == port.value_or(0));
     });
-    if (it == s.slots.end())
-      throw BadRequest{Error(Errc::not_found, "this connection holds no subscriber slot " +
+    std::optional<std::uint32_t> freed;
+    if (it != s.slots.end()) {
+      freed = it->slot;
+      s.slots.erase(it);
+    } else {
+      // Not registered on this connection: a slot this process took through an earlier connection (or an
+      // earlier broker) and gave up while no broker ran. Its own slots only: the owner and port must match.
+      const auto mine = port ? t.handle.find_slot(s.owner, *port) : std::nullopt;
+      if (mine && (!slot || *mine == *slot)) freed = *mine;
+    }
+    if (!freed)
+      throw BadRequest{Error(Errc::not_found, "this process holds no subscriber slot " +
                                                   (slot ? std::to_string(*slot)
                                                         : "for port " + std::to_string(port.value_or(0))) +
                                                   " of topic " + in_quotes(t.name))};
-    const std::uint32_t freed = it->slot;
-    fold_slot_delivered(t.handle, freed);
-    t.handle.free_slot(freed);
-    s.slots.erase(it);
-    spdlog::debug("{} unsubscribed from {} (slot {})", s.who(), in_quotes(t.name), freed);
-    return {{"ok", true}, {"name", t.name}, {"slot", freed}};
+    fold_slot_delivered(t.handle, *freed);
+    t.handle.free_slot(*freed);
+    spdlog::debug("{} unsubscribed from {} (slot {})", s.who(), in_quotes(t.name), *freed);
+    return {{"ok", true}, {"name", t.name}, {"slot", *freed}};
   }
 
   json op_reattach(Session& s, const json& req) {
@@ -1036,6 +1144,10 @@ struct Broker::Impl {
     if (ticks % kSweepEveryTicks == 0)
       for (auto& [id, t] : topics) reclaim_dead(t, "found by the periodic sweep");
     const auto now = Clock::now();
+    if (!unclaimed_swept && now - started >= kClaimGrace) {
+      unclaimed_swept = true;
+      free_unclaimed_slots();
+    }
     for (auto it = sessions.begin(); it != sessions.end();) {
       Session& s = *it->second;
       if (s.linger_until && *s.linger_until <= now) {
@@ -1117,10 +1229,10 @@ struct Broker::Impl {
             topics.size(), queued);
         topics.clear();
       } else {
+        for (auto& [id, t] : topics) t.handle.mark_deleted();
         topics.clear();
-        std::size_t n = 0;
-        for (const std::string& name : domain_segments(domain))
-          if (Segment::remove(name)) ++n;
+        const std::size_t n = remove_domain_segments(domain);
+        if (lock) lock->unlink();
         spdlog::info("purged domain \"{}\": removed {} segment(s)", domain, n);
       }
     }

@@ -57,25 +57,32 @@ struct BrokerOptions {
 inline constexpr std::uint32_t kDefaultIdleExitS = 10;
 
 // The one-broker-per-domain lock: an exclusive flock on /dev/shm/shmbus.<domain>.lock, created
-// O_NOFOLLOW, refused when another uid owns it. The holder writes `holder` into it (its pid and runtime
-// directory) so that a second broker's refusal names the first. Released when destroyed.
+// O_NOFOLLOW, refused when another uid owns it. The holder writes `holder` into it (the message a second
+// taker gets: who holds the domain, with its pid) so that a refusal names the holder. Released when
+// destroyed.
 class DomainLock {
  public:
   static Result<DomainLock> take(std::string_view domain, const std::string& holder);
-  DomainLock(DomainLock&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+  DomainLock(DomainLock&& o) noexcept : fd_(std::exchange(o.fd_, -1)), path_(std::move(o.path_)) {}
   DomainLock& operator=(DomainLock&&) = delete;
   ~DomainLock();
+  // Remove the lock file while holding it (a purged domain leaves nothing behind). take() re-checks the
+  // path after its flock, so a process that opened the old file retries on the new one.
+  void unlink() noexcept;
 
  private:
   DomainLock() = default;
   int fd_ = -1;
+  std::string path_;
 };
 
 std::string domain_lock_path(std::string_view domain);
 // The names (for Segment::remove) of every segment of `domain` in /dev/shm: the directory and the topics.
 std::vector<std::string> domain_segments(std::string_view domain);
+// Mark every topic of a domain deleted (for the clients that still map it) and remove every segment.
+std::size_t remove_domain_segments(std::string_view domain);
 // Remove every segment of a domain while no broker runs (takes the lock; Errc::already_exists when a
-// broker holds it). Returns how many segments it removed.
+// broker holds it), then the lock file. Returns how many segments it removed.
 Result<std::size_t> purge_domain(std::string_view domain);
 
 class Broker {

@@ -46,7 +46,9 @@ struct ClientCore {
   std::thread monitor;
   std::map<std::uint64_t, std::weak_ptr<TopicHandle>> topics;
   std::vector<std::weak_ptr<PortState>> subscribers;
-  std::atomic<std::uint64_t> next_port{1};
+  // Unsubscribes that could not be sent (no broker at the time): sent after the next reconnect, so that a
+  // slot this process gave up does not stay active (and stall block-policy publishers) while it lives.
+  std::vector<nlohmann::json> pending_unsubscribes;
 
   int wake = -1;  // eventfd: wakes the monitor thread at shutdown instead of waiting out its poll
 
@@ -161,6 +163,11 @@ Status ClientCore::connect_locked(bool spawn) {
 }
 
 Status ClientCore::reattach_locked() {
+  for (auto it = pending_unsubscribes.begin(); it != pending_unsubscribes.end();) {
+    auto r = control::call(fd, *it, 5000ms);
+    if (!r && r.error().code() == Errc::closed) return r.error();
+    it = pending_unsubscribes.erase(it);  // done, or refused (the slot is gone already)
+  }
   std::vector<std::weak_ptr<PortState>> live;
   for (auto& w : subscribers) {
     auto p = w.lock();
@@ -273,6 +280,7 @@ std::uint64_t realtime_ns() {
   return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ULL + static_cast<std::uint64_t>(ts.tv_nsec);
 }
 
+Error topic_gone(const std::string& name);
 Result<std::uint32_t> alloc_chunk(PortState& p, std::size_t size, std::chrono::nanoseconds timeout);
 Status fill_and_send(PortState& p, TopicHandle*& loan_topic, std::uint32_t chunk, std::size_t size,
                      const Attributes& attrs, std::chrono::nanoseconds timeout);
@@ -396,6 +404,12 @@ void Loan::resize(std::size_t n) {
 
 namespace detail {
 
+Error topic_gone(const std::string& name) {
+  return Error(
+      Errc::not_found,
+      "topic " + qname(name) + " was deleted (topic delete, or stop --purge): open it again once it exists");
+}
+
 Result<std::uint32_t> alloc_chunk(PortState& p, std::size_t size, std::chrono::nanoseconds timeout) {
   if (size > p.topic->max_size())
     return Error(Errc::too_large, "message of " + std::to_string(size) +
@@ -415,6 +429,7 @@ Status fill_and_send(PortState& p, TopicHandle*& loan_topic, std::uint32_t chunk
   TopicHandle& t = *p.topic;
   if (loan_topic != &t)
     return Error(Errc::invalid_argument, "the loan belongs to another topic or was published already");
+  if (t.deleted()) return topic_gone(p.name);
   MessageHeader* h = t.header(chunk);
   h->attrs_size = 0;
   if (!attrs.empty()) {
@@ -521,17 +536,23 @@ Subscriber& Subscriber::operator=(Subscriber&&) noexcept = default;
 Subscriber::~Subscriber() {
   if (!p_ || !p_->subscribed) return;
   p_->subscribed = false;
-  // Best effort: if the broker is gone, the slot is freed when it sees this process die or the
-  // connection drop.
-  // Never reconnect (or autostart a broker) just to unsubscribe.
-  (void)p_->core->call({{"op", "unsubscribe"}, {"name", p_->name}, {"slot", p_->slot}}, false);
+  // Never reconnect (or autostart a broker) just to unsubscribe: without a broker, the request waits for
+  // the next connection (reattach_locked), or for this process's exit, which frees the slot anyway.
+  const nlohmann::json req = {
+      {"op", "unsubscribe"}, {"name", p_->name}, {"slot", p_->slot}, {"port", p_->port}};
+  auto r = p_->core->call(req, false);
+  // (A timed-out request is still in the broker's queue on this connection: it runs when the broker does.)
+  if (!r && (r.error().code() == Errc::unavailable || r.error().code() == Errc::closed)) {
+    std::lock_guard<std::mutex> lock(p_->core->mu);
+    p_->core->pending_unsubscribes.push_back(req);
+  }
 }
 
 std::optional<Sample> Subscriber::try_receive() noexcept {
   detail::PortState& p = *p_;
   TopicHandle& t = *p.topic;
   std::uint32_t c;
-  if (t.pool().try_pop(p.ring, c) != RingStatus::ok) return std::nullopt;
+  if (t.deleted() || t.pool().try_pop(p.ring, c) != RingStatus::ok) return std::nullopt;
   SubscriberSlot* s = t.slot(p.slot);
   s->delivered.fetch_add(1, std::memory_order_relaxed);  // relaxed: a statistic on the slot's own line
   const std::uint64_t dropped = s->dropped.load(std::memory_order_relaxed);
@@ -542,6 +563,7 @@ std::optional<Sample> Subscriber::try_receive() noexcept {
 }
 
 Result<Sample> Subscriber::receive(std::chrono::nanoseconds timeout) {
+  if (p_->topic->deleted()) return detail::topic_gone(p_->name);  // its messages went with it
   if (auto s = try_receive()) return std::move(*s);
   EventCount ec(&p_->topic->slot(p_->slot)->ec);
   std::optional<Sample> got;
@@ -570,13 +592,14 @@ Consumer::~Consumer() = default;
 std::optional<Delivery> Consumer::try_receive() noexcept {
   TopicHandle& t = *p_->topic;
   std::uint32_t c;
-  if (t.pool().try_pop(1, c) != RingStatus::ok) return std::nullopt;
+  if (t.deleted() || t.pool().try_pop(1, c) != RingStatus::ok) return std::nullopt;
   t.shared()->delivered.fetch_add(1, std::memory_order_relaxed);  // relaxed: a statistic
   t.notify(TopicHandle::WaitOn::space);                           // a producer may wait for room
   return Delivery(Sample(&t, c, 0));
 }
 
 Result<Delivery> Consumer::receive(std::chrono::nanoseconds timeout) {
+  if (p_->topic->deleted()) return detail::topic_gone(p_->name);  // its messages went with it
   if (auto d = try_receive()) return std::move(*d);
   std::optional<Delivery> got;
   p_->topic->wait_for(
@@ -630,7 +653,9 @@ std::shared_ptr<detail::PortState> new_port(const std::shared_ptr<detail::Client
   p->topic = std::move(t);
   p->name = info.name;
   p->topic_id = info.id;
-  p->port = core->next_port.fetch_add(1);
+  // Unique in the process, not per Client: the broker tells a retried subscribe by (process, port).
+  static std::atomic<std::uint64_t> next_port{1};
+  p->port = next_port.fetch_add(1, std::memory_order_relaxed);
   // The pid the broker sees: unique across pid namespaces, unlike getpid() in a container.
   p->id = (static_cast<std::uint64_t>(core->identity.pid()) << 32) | (p->port & 0xffffffffu);
   return p;

@@ -59,6 +59,61 @@ bool EventCount::wait(std::uint32_t key, std::chrono::nanoseconds timeout) noexc
   return rc != -ETIMEDOUT;
 }
 
+WaiterRecord* WaiterTable::claim(std::uint64_t me, std::uint32_t* index) const noexcept {
+  // A record this process holds already (another thread or handle claimed it) comes first; it may not
+  // be covered yet if that claimer is between A and B, so cover it here too.
+  for (std::uint32_t i = 0; i < capacity; ++i)
+    if (records[i].owner.load(std::memory_order_seq_cst) == me) {
+      *index = i;
+      return cover(i) ? &records[i] : nullptr;
+    }
+  for (std::uint32_t i = 0; i < capacity; ++i) {
+    std::uint64_t expected = 0;
+    // A: seq_cst (see "The mark"); it also pairs with the supervisor's release store that freed the
+    // record after zeroing its lanes.
+    if (records[i].owner.load(std::memory_order_relaxed) != 0 ||
+        !records[i].owner.compare_exchange_strong(expected, me, std::memory_order_seq_cst))
+      continue;
+    *index = i;
+    return cover(i) ? &records[i] : nullptr;  // a record not covered stays ours: the next wait retries
+  }
+  return nullptr;
+}
+
+bool WaiterTable::cover(std::uint32_t index) const noexcept {
+  for (int attempt = 0; attempt < 100000; ++attempt) {
+    std::uint32_t m = hwm->load(std::memory_order_seq_cst);  // B
+    if (m & kLowering) {
+      __builtin_ia32_pause();  // the supervisor holds it for a few loads and one store
+      continue;
+    }
+    if (m >= index + 1) return true;
+    if (hwm->compare_exchange_weak(m, index + 1, std::memory_order_seq_cst)) return true;
+  }
+  return false;
+}
+
+std::uint32_t WaiterTable::lower() const noexcept {
+  std::uint32_t lowered = 0;
+  for (;;) {
+    std::uint32_t h = hwm->load(std::memory_order_seq_cst);
+    if ((h & kLowering) != 0 || h == 0 || h > capacity) return lowered;
+    if (records[h - 1].owner.load(std::memory_order_seq_cst) != 0) return lowered;
+    if (!hwm->compare_exchange_strong(h, h | kLowering, std::memory_order_seq_cst)) continue;  // C
+    if (records[h - 1].owner.load(std::memory_order_seq_cst) == 0) {                           // D
+      hwm->store(h - 1, std::memory_order_seq_cst);                                            // E
+      ++lowered;
+    } else {
+      hwm->store(h, std::memory_order_seq_cst);  // claimed meanwhile: unlock, keep the mark
+      return lowered;
+    }
+  }
+}
+
+void WaiterTable::clear_lock() const noexcept {
+  hwm->fetch_and(~kLowering, std::memory_order_seq_cst);
+}
+
 std::uint32_t EventCount::forget(WaiterRecord& record) noexcept {
   std::uint32_t n = 0;
   // Relaxed: the owner is dead, and its exit (seen through a pidfd or /proc) ordered every store it made.

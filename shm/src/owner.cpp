@@ -4,12 +4,14 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <mutex>
@@ -149,12 +151,17 @@ Liveness liveness(OwnerId id) noexcept {
   int err = 0;
   Liveness result = Liveness::unknown;
   if (read_stat(pid, &st, &err)) {
-    if (static_cast<std::uint32_t>(st.start) != id.start())
+    if (static_cast<std::uint32_t>(st.start) != id.start()) {
       result = Liveness::dead;  // the pid belongs to a newer process: the one the id named has exited
-    else if (st.state == 'Z' || st.state == 'X')
-      result = Liveness::dead;  // exited, not reaped yet: it can no longer touch shared memory
-    else
-      result = Liveness::alive;
+    } else if (fd >= 0) {
+      // The pidfd becomes readable once the whole thread group has exited (a zombie not yet reaped
+      // included). /proc's 'Z' is no proof: a leader that called pthread_exit() shows 'Z' while its
+      // other threads still run and hold what the process holds.
+      pollfd p{fd, POLLIN, 0};
+      result = ::poll(&p, 1, 0) == 1 && (p.revents & POLLIN) ? Liveness::dead : Liveness::alive;
+    } else {
+      result = st.state == 'Z' || st.state == 'X' ? Liveness::unknown : Liveness::alive;
+    }
   } else if (fd >= 0) {
     // /proc said nothing (hidepid, EACCES, EMFILE). The pidfd still proves an exit: it becomes readable
     // when the process it pins exits, and if the id's process had exited before we opened it, it is
@@ -164,6 +171,22 @@ Liveness liveness(OwnerId id) noexcept {
   }
   if (fd >= 0) ::close(fd);
   return result;
+}
+
+Result<PidNamespace> own_pid_namespace() {
+  struct stat st {};
+  if (::stat("/proc/self/ns/pid", &st) != 0)
+    return Error::from_errno(errno, "cannot stat /proc/self/ns/pid (is /proc mounted?)");
+  // /proc/self resolves in the namespace of the /proc mount; its pid must be ours.
+  char buf[64] = {};
+  const ssize_t n = ::readlink("/proc/self", buf, sizeof buf - 1);
+  if (n <= 0 || std::strtol(buf, nullptr, 10) != ::getpid())
+    return Error(
+        Errc::unavailable,
+        "/proc is mounted for another pid namespace than this process's (it calls this process pid " +
+            std::string(n > 0 ? buf : "?") + ", getpid() says " + std::to_string(::getpid()) +
+            "): mount /proc for it (e.g. unshare --pid --fork --mount-proc)");
+  return PidNamespace{static_cast<std::uint64_t>(st.st_ino), static_cast<std::uint64_t>(st.st_dev)};
 }
 
 const char* to_string(Liveness l) noexcept {

@@ -440,40 +440,19 @@ void poll_pause(std::chrono::nanoseconds left) noexcept {
 
 // ---- waiter records ----
 
-WaiterRecord* TopicHandle::claim_record() noexcept {
-  const std::uint64_t me = identity().value;
-  WaiterRecord* const recs = waiters_.records;
-  // A record this process claimed through another handle (or another thread) is reused first.
-  for (std::uint32_t i = 0; i < waiters_.capacity; ++i)
-    if (recs[i].owner.load(std::memory_order_acquire) == me) {
-      record_.store(static_cast<std::int32_t>(i), std::memory_order_relaxed);
-      return &recs[i];
-    }
-  for (std::uint32_t i = 0; i < waiters_.capacity; ++i) {
-    std::uint64_t expected = 0;
-    // acq_rel: pairs with the broker's release store that freed the record (after zeroing its lanes).
-    if (recs[i].owner.load(std::memory_order_relaxed) != 0 ||
-        !recs[i].owner.compare_exchange_strong(expected, me, std::memory_order_acq_rel))
-      continue;
-    // Raise the high-water mark before the record's first W1, so that a notifier that does not see the
-    // raise (seq_cst RMW, ordered against its N2 fence) is one whose data our W3 sees (eventcount.hpp).
-    std::uint32_t mark = waiters_.hwm->load(std::memory_order_relaxed);
-    while (mark < i + 1 && !waiters_.hwm->compare_exchange_weak(mark, i + 1, std::memory_order_seq_cst)) {
-    }
-    record_.store(static_cast<std::int32_t>(i), std::memory_order_relaxed);
-    return &recs[i];
-  }
-  record_.store(-2, std::memory_order_relaxed);
-  return nullptr;
-}
-
 WaiterRecord* TopicHandle::my_record() noexcept {
-  // Relaxed: a process-local cache of an index; the record itself was claimed with acq_rel.
-  const std::int32_t r = record_.load(std::memory_order_relaxed);
+  // Acquire: pairs with the release store below, made after the record was covered by the mark, so this
+  // thread's W1 comes after that cover (see eventcount.hpp, "The mark").
+  const std::int32_t r = record_.load(std::memory_order_acquire);
+  const std::uint64_t me = identity().value;
+  // Owned by us, the record stays covered: the supervisor lowers the mark only past free records.
   if (r >= 0 && static_cast<std::uint32_t>(r) < waiters_.capacity &&
-      waiters_.records[r].owner.load(std::memory_order_relaxed) == identity().value)
+      waiters_.records[r].owner.load(std::memory_order_relaxed) == me)
     return &waiters_.records[r];
-  return claim_record();
+  std::uint32_t index = 0;
+  WaiterRecord* rec = waiters_.claim(me, &index);
+  if (rec != nullptr) record_.store(static_cast<std::int32_t>(index), std::memory_order_release);
+  return rec;
 }
 
 // ---- data path ----
@@ -579,12 +558,24 @@ Result<std::uint32_t> TopicHandle::activate_slot(OwnerId owner, std::uint64_t po
   if (kind() != TopicKind::stream)
     return Error(Errc::invalid_argument,
                  "topic " + quoted(name()) + " is a queue: consume it, do not subscribe");
-  for (std::uint32_t i = 0; i < t_->max_subscribers; ++i) {
-    SubscriberSlot& s = slots_[i];
-    if (s.state.load(std::memory_order_relaxed) != kSlotFree) continue;
-    if (auto st = adopt_slot(i, owner, port); !st) return st.error();
-    return i;
+  if (auto existing = find_slot(owner, port)) {
+    // R7 as in adopt_slot(): the bit may be missing if a broker died between the two stores.
+    t_->active_mask.fetch_or(1ULL << *existing, std::memory_order_release);
+    return *existing;
   }
+  // A free slot that nobody can come back to first (never used, or its last owner is dead): a live owner
+  // whose slot was freed while its connection was down may still reattach to its own.
+  for (int pass = 0; pass < 2; ++pass)
+    for (std::uint32_t i = 0; i < t_->max_subscribers; ++i) {
+      SubscriberSlot& s = slots_[i];
+      if (s.state.load(std::memory_order_relaxed) != kSlotFree) continue;
+      if (const OwnerId last{s.last_owner.load(std::memory_order_relaxed)};
+          pass == 0 && last.valid() && liveness(last) != Liveness::dead)
+        continue;
+      s.last_owner.store(0, std::memory_order_relaxed);  // a new subscription, not a return
+      if (auto st = adopt_slot(i, owner, port); !st) return st.error();
+      return i;
+    }
   return Error(Errc::no_space, "topic " + quoted(name()) + " has all its " +
                                    std::to_string(t_->max_subscribers) +
                                    " subscriber slots taken (raise max_subscribers)");
@@ -605,19 +596,32 @@ Status TopicHandle::adopt_slot(std::uint32_t i, OwnerId owner, std::uint64_t por
     t_->active_mask.fetch_or(1ULL << i, std::memory_order_release);
     return {};
   }
-  drain_ring(s.ring);
+  const OwnerId last{s.last_owner.load(std::memory_order_relaxed)};
+  const bool returning = last == owner;
+  if (last.valid() && !returning)
+    return Error(Errc::closed,
+                 "subscriber slot " + std::to_string(i) + " of topic " + quoted(name()) +
+                     " was given to another subscriber while this one was away: subscribe again");
+  const std::uint64_t drained = drain_ring(s.ring);
   // Only the previous owner's threads can be counted in the slot's EventCount. Dead, it left what it left
-  // (killed while parked): zero it. Alive (the same process subscribing again, or one whose slot was
-  // freed under a thread still parked here), its count is exact and that thread will withdraw it.
-  if (const OwnerId last{s.last_owner.load(std::memory_order_relaxed)};
-      !last.valid() || liveness(last) == Liveness::dead)
-    EventCount(&s.ec).reset_sleepers();
+  // (killed while parked): zero it. Alive (the same process coming back, or one whose slot was freed
+  // under a thread still parked here), its count is exact and that thread will withdraw it.
+  if (!last.valid() || liveness(last) == Liveness::dead) EventCount(&s.ec).reset_sleepers();
   // Relaxed stores: published by R7 below.
+  if (returning) {
+    // The owner comes back to the slot it had (freed while its connection was down): it missed what the
+    // sweep drained from the ring (already in `dropped`), what we drained now, and every message
+    // published while the slot was free. Its next sample reports them as missed.
+    const std::uint64_t published = t_->published.load(std::memory_order_relaxed);
+    const std::uint64_t since = published - s.freed_at.load(std::memory_order_relaxed);
+    s.dropped.fetch_add(drained + (since < (1ULL << 62) ? since : 0), std::memory_order_relaxed);
+  } else {
+    s.dropped.store(0, std::memory_order_relaxed);
+    s.gap.store(0, std::memory_order_relaxed);
+  }
   s.owner.store(owner.value, std::memory_order_relaxed);
   s.last_owner.store(owner.value, std::memory_order_relaxed);
   s.port.store(port, std::memory_order_relaxed);
-  s.dropped.store(0, std::memory_order_relaxed);
-  s.gap.store(0, std::memory_order_relaxed);
   s.delivered.store(0, std::memory_order_relaxed);
   s.state.store(kSlotActive, std::memory_order_relaxed);
   SHMBUS_FAULT_POINT("topic.activate.before_mask");  // the state says active, the mask does not yet
@@ -632,9 +636,20 @@ void TopicHandle::free_slot(std::uint32_t i) {
   SHMBUS_FAULT_POINT("topic.free.after_mask");  // the mask says free, the state does not yet
   if (s.state.load(std::memory_order_relaxed) == kSlotActive)
     t_->delivered.fetch_add(s.delivered.exchange(0, std::memory_order_relaxed), std::memory_order_relaxed);
+  s.freed_at.store(t_->published.load(std::memory_order_relaxed), std::memory_order_relaxed);
   s.state.store(kSlotFree, std::memory_order_relaxed);
   s.owner.store(0, std::memory_order_relaxed);
-  drain_ring(s.ring);
+  // Counted on the slot (not the topic): only its owner, should it come back (adopt_slot), missed them.
+  s.dropped.fetch_add(drain_ring(s.ring), std::memory_order_relaxed);
+}
+
+std::optional<std::uint32_t> TopicHandle::find_slot(OwnerId owner, std::uint64_t port) const {
+  for (std::uint32_t i = 0; i < t_->max_subscribers; ++i)
+    if (slots_[i].state.load(std::memory_order_relaxed) == kSlotActive &&
+        slots_[i].owner.load(std::memory_order_relaxed) == owner.value &&
+        slots_[i].port.load(std::memory_order_relaxed) == port)
+      return i;
+  return std::nullopt;
 }
 
 std::uint32_t TopicHandle::repair_mask() {
@@ -679,7 +694,11 @@ std::uint64_t TopicHandle::drain_free_slots(std::uint64_t* requeued) {
   if (requeued != nullptr) *requeued = r;
   std::uint64_t n = 0;
   for (std::uint32_t i = 0; i < t_->max_subscribers; ++i)
-    if (slots_[i].state.load(std::memory_order_relaxed) == kSlotFree) n += drain_ring(slots_[i].ring);
+    if (slots_[i].state.load(std::memory_order_relaxed) == kSlotFree) {
+      const std::uint64_t d = drain_ring(slots_[i].ring);
+      slots_[i].dropped.fetch_add(d, std::memory_order_relaxed);  // as in free_slot()
+      n += d;
+    }
   return n;
 }
 
@@ -687,6 +706,7 @@ ReclaimReport TopicHandle::reclaim(OwnerId dead) {
   for (std::uint32_t i = 0; i < waiters_.capacity; ++i)
     if (waiters_.records[i].owner.load(std::memory_order_acquire) == dead.value)
       EventCount::forget(waiters_.records[i]);
+  (void)waiters_.lower();  // notifiers scan no further than the records still claimed
   for (std::uint32_t i = 0; i < t_->max_subscribers; ++i) {
     SubscriberSlot& s = slots_[i];
     if (s.state.load(std::memory_order_relaxed) == kSlotActive &&

@@ -46,6 +46,18 @@ TEST_F(BrokerTest, SecondBrokerForTheDomainIsRefusedWithThePid) {
   EXPECT_EQ(c.hello().value("broker_pid", 0), first.pid());
 }
 
+// The domain lock lives in world-writable /dev/shm: a file another user planted there is refused with a
+// message that names the owner, never followed or written.
+TEST_F(BrokerTest, DomainLockOwnedByAnotherUserIsRefusedWithItsOwner) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to act as another user";
+  const std::string cmd = "setpriv --reuid=65534 --regid=65534 --clear-groups touch " + d.lock_file();
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  const CliResult r = run_cli(d, {"broker", "--domain", d.domain()});
+  EXPECT_EQ(r.code, 1) << r;
+  EXPECT_NE(r.err.find("is owned by uid 65534, not by this user"), std::string::npos) << r;
+  EXPECT_TRUE(d.segments().empty());
+}
+
 // The segments are named by domain only (/dev/shm/shmbus.<domain>.*), so a broker started with another
 // runtime directory must meet the first one's lock, not take its segments over.
 TEST_F(BrokerTest, SecondBrokerWithAnotherRuntimeDirIsRefusedAndTouchesNothing) {

@@ -443,6 +443,8 @@ TEST_F(CliTest, StopPurgeRemovesTheSegmentsWithOrWithoutABroker) {
   EXPECT_EQ(r.code, 0) << r;
   EXPECT_NE(r.out.find("purged 2 segment(s)"), std::string::npos) << r;
   EXPECT_TRUE(d.segments().empty());
+  EXPECT_FALSE(exists(d.lock_file()))
+      << "a purged domain leaves no lock file (it would shut other users out)";
 }
 
 TEST_F(CliTest, DataCommandsAutostartABrokerUnlessDisabled) {

@@ -152,6 +152,34 @@ TEST(PidNamespaceTest, BrokerInAChildNamespaceRefusesAClientItCannotSee) {
   std::system(("rm -rf '" + rt + "'; rm -f /dev/shm/shmbus." + domain + ".*").c_str());
 }
 
+// Owner ids are pids of one pid namespace: a broker started in another one (a container's, after the
+// host's died) must not adopt the domain, where it would take live clients for dead (ESRCH) and hand
+// their unacked messages to others.
+TEST(PidNamespaceTest, BrokerInAnotherPidNamespaceRefusesToAdoptTheDomain) {
+  if (!can_unshare_pid()) GTEST_SKIP() << "cannot create pid namespaces here (needs root)";
+  Bus bus;
+  bus.create_topics({{"jobs", queue(8)}},
+                    [](Client& c) { ASSERT_TRUE(c.producer("jobs")->publish(std::string_view("kept"))); });
+  bus.stop_broker(SIGKILL);
+  const std::string out = bus.runtime() + "/ns-broker.log";
+  const pid_t b = spawn({"/usr/bin/unshare", "--pid", "--fork", "--mount-proc", "--kill-child=SIGKILL",
+                         SHMBUS_BIN, "broker", "--domain", bus.domain()},
+                        out);
+  const auto r = wait_child(b, 20s);
+  EXPECT_TRUE(r.exited && r.code == 1) << "exit " << r.code << " signal " << r.signal << "\n"
+                                       << read_all(out);
+  EXPECT_NE(read_all(out).find("was run by a broker in another pid namespace"), std::string::npos)
+      << read_all(out);
+  // The domain is intact for a broker in the right namespace.
+  bus.start_broker();
+  Client c = bus.client();
+  auto con = c.consumer("jobs").value();
+  auto d = con.receive(5s);
+  ASSERT_TRUE(d) << d.error().message();
+  EXPECT_EQ(d->text(), "kept");
+  d->ack();
+}
+
 // ---- the control connection ----
 
 // A call that times out (the broker is stopped) must not make the next call read the late answer. On
@@ -200,6 +228,128 @@ TEST(ControlProtocolTest, EveryReplyEchoesTheRequestId) {
   EXPECT_EQ(err->value("ok", true), false);
   EXPECT_EQ(err->value("req_id", 0), 42) << *err;
   close(fd);
+}
+
+// ---- subscriber slots across broker restarts ----
+
+// A slot adopted from a dead broker that its (live) owner never claims back is freed after the grace
+// period: nobody reads it, and a block-policy publisher would wait on it forever.
+TEST(SlotRestartTest, UnclaimedAdoptedSlotIsFreedAfterTheGracePeriod) {
+  Bus bus;
+  bus.create_topics(
+      {{"s", {.kind = TopicKind::stream, .depth = 4, .max_size = 64, .overflow = Overflow::block}}});
+  const auto sock = control::socket_path(bus.domain()).value();
+  const int fd = control::connect_socket(sock).value();
+  ASSERT_TRUE(control::call(fd, {{"op", "hello"}, {"version", control::kProtocolVersion}}, 5s));
+  ASSERT_TRUE(control::call(fd, {{"op", "subscribe"}, {"name", "s"}, {"port", 1}}, 5s));
+  bus.stop_broker(SIGKILL);  // this process stays alive, holding a slot it will never claim back
+  close(fd);
+  bus.start_broker();
+  Client c = bus.client();
+  EXPECT_EQ(topic_stats(c, "s").value("subscribers", -1), 1);
+  EXPECT_TRUE(wait_until([&] { return topic_stats(c, "s").value("subscribers", -1) == 0; }, 15s))
+      << bus.log();
+  EXPECT_NE(bus.log().find("did not claim it back"), std::string::npos) << bus.log();
+  // Block-policy publishing no longer waits for anyone.
+  ASSERT_TRUE(c.publisher("s")->publish(std::string_view("x"), {}, 100ms));
+}
+
+// A Subscriber dropped while no broker runs gives its slot up at the next connection.
+TEST(SlotRestartTest, SubscriberDroppedWhileNoBrokerRunsIsUnsubscribedAtTheNextConnection) {
+  Bus bus;
+  bus.create_topics({{"s", stream(4)}});
+  {
+    Client c = bus.client();
+    {
+      auto sub = c.subscriber("s").value();
+      bus.stop_broker(SIGTERM);
+      ASSERT_TRUE(wait_until([&] { return !c.connected(); }, 10s));
+    }  // the unsubscribe cannot be sent now
+    bus.start_broker();
+    ASSERT_TRUE(wait_until([&] { return c.connected(); }, 10s));
+    // Well inside the grace period: the unsubscribe went out with the reconnect.
+    EXPECT_TRUE(wait_until([&] { return topic_stats(c, "s").value("subscribers", -1) == 0; }, 3s))
+        << topic_stats(c, "s") << bus.log();
+  }
+}
+
+// A subscriber that comes back after its slot was freed (it could not reconnect in time) gets the slot
+// back and is told how many messages it missed, instead of a silent gap.
+TEST(SlotRestartTest, SubscriberBackAfterItsSlotWasFreedIsToldWhatItMissed) {
+  Bus bus;
+  bus.create_topics({{"s", stream(16)}});
+  auto* f = shared_block<std::atomic<int>>(2);  // [0]: phase, [1]: missed reported by the child
+  const pid_t child = fork_child([&] {
+    auto c = Client::connect();
+    if (!c) return 2;
+    auto sub = c->subscriber("s");
+    if (!sub) return 3;
+    f[0].store(1);
+    auto first = sub->receive(20s);
+    if (!first || first->text() != "before") return 4;
+    f[0].store(2);
+    auto next = sub->receive(60s);
+    if (!next) return 5;
+    f[1].store(static_cast<int>(next->missed()));
+    return next->text() == "after" ? 0 : 6;
+  });
+  ASSERT_TRUE(wait_until([&] { return f[0].load() == 1; }, 20s));
+  {
+    Client c = bus.client();
+    ASSERT_TRUE(c.publisher("s")->publish(std::string_view("before")));
+  }
+  ASSERT_TRUE(wait_until([&] { return f[0].load() == 2; }, 20s));
+  kill(child, SIGSTOP);  // it cannot reconnect while stopped
+  bus.stop_broker(SIGKILL);
+  bus.start_broker();
+  {
+    Client c = bus.client();
+    auto pub = c.publisher("s").value();
+    for (int i = 0; i < 3; ++i) ASSERT_TRUE(pub.publish(std::string_view("in-ring")));  // the slot is active
+    ASSERT_TRUE(wait_until([&] { return topic_stats(c, "s").value("subscribers", -1) == 0; }, 15s))
+        << bus.log();
+    for (int i = 0; i < 4; ++i) (void)pub.publish(std::string_view("while-free"));
+    kill(child, SIGCONT);  // reconnects and reattaches its freed slot
+    ASSERT_TRUE(wait_until([&] { return topic_stats(c, "s").value("subscribers", -1) == 1; }, 15s))
+        << bus.log();
+    ASSERT_TRUE(pub.publish(std::string_view("after")));
+  }
+  const auto r = wait_child(child, 30s);
+  EXPECT_TRUE(r.exited && r.code == 0) << "code " << r.code;
+  EXPECT_EQ(f[1].load(), 7) << "3 drained from its ring + 4 published while its slot was free";
+}
+
+// ---- deleted topics ----
+
+// Ports of a deleted (or purged) topic fail instead of publishing into a segment nobody reads again.
+TEST(DeletedTopicTest, PortsOfADeletedOrPurgedTopicFailWithNotFound) {
+  Bus bus;
+  bus.create_topics({{"q", queue(8)}, {"s", stream(8)}});
+  Client c = bus.client();
+  auto prod = c.producer("q").value();
+  auto con = c.consumer("q").value();
+  auto pub = c.publisher("s").value();
+  auto sub = c.subscriber("s").value();
+  ASSERT_TRUE(prod.publish(std::string_view("1")));
+  ASSERT_TRUE(c.delete_topic("q"));
+  auto st = prod.publish(std::string_view("2"));
+  ASSERT_FALSE(st);
+  EXPECT_EQ(st.error().code(), Errc::not_found);
+  EXPECT_NE(st.error().message().find("was deleted"), std::string::npos) << st.error().message();
+  auto d = con.receive(100ms);
+  ASSERT_FALSE(d);
+  EXPECT_EQ(d.error().code(), Errc::not_found);
+  // stop --purge marks every topic before removing it.
+  ASSERT_TRUE(c.request({{"op", "stop"}, {"purge", true}}));
+  ASSERT_TRUE(wait_until(
+      [&] { return kill(bus.broker_pid(), 0) != 0 || waitpid(bus.broker_pid(), nullptr, WNOHANG) > 0; },
+      10s));
+  auto ps = pub.publish(std::string_view("x"));
+  ASSERT_FALSE(ps);
+  EXPECT_EQ(ps.error().code(), Errc::not_found);
+  EXPECT_EQ(sub.receive(100ms).error().code(), Errc::not_found);
+  EXPECT_NE(access(("/dev/shm/shmbus." + bus.domain() + ".lock").c_str(), F_OK), 0)
+      << "purge leaves no lock file";
 }
 
 // ---- waiters killed while parked ----

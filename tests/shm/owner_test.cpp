@@ -8,6 +8,11 @@
 #include <unistd.h>
 
 #include <fcntl.h>
+#include <pthread.h>
+#include <sys/syscall.h>
+
+#include <cstdio>
+#include <cstring>
 
 #include <vector>
 
@@ -58,6 +63,53 @@ TEST(OwnerTest, ZombieIsDead) {
   EXPECT_EQ(liveness(id), Liveness::dead);  // it can no longer touch shared memory
   ASSERT_TRUE(test::wait_child(pid).exited);
   close(p[0]);
+}
+
+// A leader that called pthread_exit() shows state 'Z' in /proc while its other threads run (and hold
+// what the process holds): it is alive until the whole thread group exits.
+TEST(OwnerTest, LeaderThatCalledPthreadExitIsAliveWhileItsThreadsRun) {
+  int go[2];
+  ASSERT_EQ(pipe(go), 0);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    close(go[1]);
+    static int fd;
+    fd = go[0];
+    pthread_t t;
+    pthread_create(
+        &t, nullptr,
+        [](void*) -> void* {
+          char b;
+          (void)!read(fd, &b, 1);  // until the parent closes its end
+          _exit(0);
+        },
+        nullptr);
+    // The leader goes and the worker keeps the process: SYS_exit ends one thread, like pthread_exit()
+    // but without unwinding through the test framework's frames.
+    syscall(SYS_exit, 0);
+  }
+  const OwnerId id = OwnerId::of(pid).value();
+  ASSERT_TRUE(test::wait_until(
+      [&] {
+        int err = 0;
+        char path[64];
+        std::snprintf(path, sizeof path, "/proc/%d/stat", pid);
+        FILE* f = std::fopen(path, "re");
+        if (f == nullptr) return false;
+        char buf[512] = {};
+        (void)!std::fread(buf, 1, sizeof buf - 1, f);
+        std::fclose(f);
+        (void)err;
+        const char* p = std::strrchr(buf, ')');
+        return p != nullptr && p[2] == 'Z';
+      },
+      std::chrono::seconds(10)))
+      << "the leader did not become a zombie";
+  EXPECT_EQ(liveness(id), Liveness::alive);
+  close(go[1]);  // the worker exits the process
+  ASSERT_TRUE(test::wait_child(pid).exited);
+  EXPECT_EQ(liveness(id), Liveness::dead);
+  close(go[0]);
 }
 
 TEST(OwnerTest, SamePidWithAnotherStartTimeIsDead) {

@@ -216,7 +216,8 @@ TEST(TopicTest, AllSlotsTakenIsAClearError) {
 }
 
 TEST(TopicTest, ReclaimOfADeadSubscriberFreesItsSlotAndItsSamples) {
-  TopicFixture f({.kind = TopicKind::stream, .depth = 4, .max_size = 16, .max_subscribers = 2});
+  // One slot: the child, forked before the slot is re-owned, knows which ring to read.
+  TopicFixture f({.kind = TopicKind::stream, .depth = 4, .max_size = 16, .max_subscribers = 1});
   const std::string domain = f.domain;
   int ready[2];
   ASSERT_EQ(pipe(ready), 0);
@@ -226,7 +227,10 @@ TEST(TopicTest, ReclaimOfADeadSubscriberFreesItsSlotAndItsSamples) {
     auto t = TopicHandle::open(domain, 1);
     if (!t) return 2;
     std::uint32_t c;
-    while (t->pool().try_pop(t->slot(slot)->ring, c) != RingStatus::ok) usleep(100);
+    for (int i = 0; t->pool().try_pop(t->slot(slot)->ring, c) != RingStatus::ok; ++i) {
+      if (i > 200000) return 4;  // 20 s: bounded, so that a failed assertion never leaves it behind
+      usleep(100);
+    }
     char b = 1;
     if (write(ready[1], &b, 1) != 1) return 3;
     pause();
@@ -234,7 +238,7 @@ TEST(TopicTest, ReclaimOfADeadSubscriberFreesItsSlotAndItsSamples) {
   });
   const auto child = OwnerId::of(pid).value();
   f.t.free_slot(slot);
-  ASSERT_TRUE(f.t.adopt_slot(slot, child, 7));
+  ASSERT_EQ(f.t.activate_slot(child, 7).value(), slot);  // a new subscriber takes the freed slot
   for (int i = 0; i < 3; ++i)
     ASSERT_EQ(f.t.publish_stream(f.write("z", i + 1), std::chrono::steady_clock::now()),
               TopicHandle::IoStatus::ok);
@@ -461,6 +465,86 @@ TEST(TopicTest, DeadOwnersNeverNamesAnOwnerItCannotCheck) {
   const auto r = test::wait_child(pid);
   EXPECT_TRUE(r.exited && r.code == 0) << "code " << r.code << " (11: a live owner was called dead)";
   f.t.release(held);
+}
+
+// Two threads of one process: the first claims a waiter record and is paused before it raises the mark;
+// the second finds the record already its process's and must raise the mark itself, or a notifier that
+// scans below the mark never sees it (a lost wake-up).
+TEST(TopicWaiterTest, ARecordFoundAlreadyClaimedIsCoveredByTheMark) {
+  TopicFixture f({.kind = TopicKind::queue, .depth = 4, .max_size = 16});
+  TopicShared* sh = f.t.shared();
+  WaiterRecord* recs = f.t.segment().at(Ref<WaiterRecord>{sh->waiters_offset}, sh->waiter_count);
+  recs[0].owner.store(OwnerId::make(1, 1).value);  // another process holds record 0
+  recs[1].owner.store(f.t.identity().value);       // claimed by "the other thread", mark not raised yet
+  ASSERT_EQ(sh->waiter_hwm.load(), 0u);
+  WaiterRecord* mine = f.t.my_record();
+  ASSERT_EQ(mine, &recs[1]);
+  EXPECT_GE(sh->waiter_hwm.load(), 2u);
+  recs[0].owner.store(0);
+}
+
+// The mark follows the processes that wait: once the broker frees the records at its top, notifiers no
+// longer scan them.
+TEST(TopicWaiterTest, ReclaimLowersTheMarkPastFreedRecords) {
+  TopicFixture f({.kind = TopicKind::queue, .depth = 4, .max_size = 16});
+  TopicShared* sh = f.t.shared();
+  WaiterRecord* recs = f.t.segment().at(Ref<WaiterRecord>{sh->waiters_offset}, sh->waiter_count);
+  const OwnerId a = OwnerId::make(999991, 1), b = OwnerId::make(999992, 1);  // no such pids
+  recs[0].owner.store(f.t.identity().value);
+  recs[1].owner.store(a.value);
+  recs[2].owner.store(b.value);
+  sh->waiter_hwm.store(3);
+  f.t.reclaim(b);
+  EXPECT_EQ(sh->waiter_hwm.load(), 2u);
+  f.t.reclaim(a);
+  EXPECT_EQ(sh->waiter_hwm.load(), 1u);  // record 0 is still held
+  f.t.repair_waiters();                  // the broker at adoption: nothing more to lower
+  EXPECT_EQ(sh->waiter_hwm.load(), 1u);
+  sh->waiter_hwm.store(1 | WaiterTable::kLowering);  // a broker died while lowering
+  f.t.repair_waiters();
+  EXPECT_EQ(sh->waiter_hwm.load(), 1u);
+  recs[0].owner.store(0);
+}
+
+// A subscriber whose slot was freed while its connection was down, and given back to it, learns how many
+// messages it missed: those drained from its ring and those published while the slot was free.
+TEST(TopicTest, ReturningSubscriberIsToldWhatItMissedWhileItsSlotWasFree) {
+  TopicFixture f({.kind = TopicKind::stream, .depth = 8, .max_size = 16, .max_subscribers = 2});
+  const OwnerId me = OwnerId::self();
+  const std::uint32_t s = f.t.activate_slot(me, 5).value();
+  const std::uint64_t seen_dropped = f.t.slot(s)->dropped.load();  // what the subscriber knows
+  for (int i = 0; i < 3; ++i)
+    ASSERT_EQ(f.t.publish_stream(f.write("a", i + 1), Deadline::now()), TopicHandle::IoStatus::ok);
+  f.t.free_slot(s);  // drains the 3 unread
+  for (int i = 0; i < 4; ++i)
+    ASSERT_EQ(f.t.publish_stream(f.write("b", i + 4), Deadline::now()),
+              TopicHandle::IoStatus::no_subscribers);
+  ASSERT_TRUE(f.t.adopt_slot(s, me, 5));
+  ASSERT_EQ(f.t.publish_stream(f.write("c", 8), Deadline::now()), TopicHandle::IoStatus::ok);
+  EXPECT_EQ(f.t.slot(s)->dropped.load() - seen_dropped, 7u);
+  EXPECT_EQ(f.take(f.t.slot(s)->ring), "c");
+  // A new subscriber prefers a slot nobody may come back to; once it had to take this one, the old owner
+  // cannot reattach to it.
+  f.t.free_slot(s);
+  const OwnerId other = OwnerId::make(999993, 1);
+  ASSERT_EQ(f.t.activate_slot(other, 1).value(), s == 0 ? 1u : 0u);
+  ASSERT_EQ(f.t.activate_slot(OwnerId::make(999994, 1), 1).value(), s);
+  auto back = f.t.adopt_slot(s, me, 5);
+  ASSERT_FALSE(back);
+  EXPECT_EQ(back.error().code(), Errc::already_exists);
+  f.t.free_slot(s);
+  back = f.t.adopt_slot(s, me, 5);  // freed again, but last had by another: not ours to return to
+  ASSERT_FALSE(back);
+  EXPECT_EQ(back.error().code(), Errc::closed);
+}
+
+TEST(TopicTest, SubscribeIsIdempotentForTheSameProcessAndPort) {
+  TopicFixture f({.kind = TopicKind::stream, .depth = 4, .max_size = 16, .max_subscribers = 3});
+  const std::uint32_t a = f.t.activate_slot(OwnerId::self(), 9).value();
+  f.t.shared()->active_mask.fetch_and(~(1ULL << a));  // a broker died between the two stores
+  EXPECT_EQ(f.t.activate_slot(OwnerId::self(), 9).value(), a);
+  EXPECT_EQ(f.t.active_subscribers(), 1u);
+  EXPECT_NE(f.t.activate_slot(OwnerId::self(), 10).value(), a);
 }
 
 TEST(DirectoryTest, AddFindRemoveAndAdopt) {

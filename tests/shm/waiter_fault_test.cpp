@@ -78,6 +78,7 @@ TEST(WaiterFaultTest, RandomKillsOfWaitersLeaveNoCountBehind) {
   EXPECT_EQ(waiting(t, kLaneNotEmpty), 0u);
   EXPECT_EQ(waiting(t, kLaneSpace), 0u);
   EXPECT_EQ(claimed(t), 0u);
+  EXPECT_EQ(t.shared()->waiter_hwm.load(), 0u) << "the mark must come down once the records are free";
   EXPECT_EQ(t.shared()->not_empty.futex_sleepers.load(), 0u);
   EXPECT_EQ(t.shared()->space.futex_sleepers.load(), 0u);
   // And nothing counts as waiting for a notifier: no syscall.

@@ -33,10 +33,20 @@
 //    count plus a per-process account: a process killed between the two updates leaked a count, and the
 //    soak test found such leaks within a minute.) The no-lost-wake-up argument is unchanged: W1 (a
 //    seq_cst RMW on the lane) and N2 are in one total order, and N3's relaxed loads after the seq_cst
-//    fence see W1 when W1 came first; a record claimed after N3 read the high-water mark was claimed
-//    (a seq_cst RMW on the mark, before W1) after N2, so its waiter's W3 sees N1. The cost: a notify
-//    reads one line per record claimed so far (they change only when a process starts or stops waiting,
-//    so they stay in the notifier's cache) instead of one word.
+//    fence see W1 when W1 came first; a record claimed after N3 read the high-water mark was covered by
+//    the mark (a seq_cst RMW on it, before W1) after N2, so its waiter's W3 sees N1. The cost: a notify
+//    reads one line per record below the mark (they change only when a process starts or stops waiting,
+//    so they stay in the notifier's cache) instead of one word; claimers take the lowest free record, and
+//    the supervisor lowers the mark past free records at the top (lower()), so the mark follows the
+//    number of processes that wait, not the most there ever were.
+//
+//    The mark (WaiterTable::hwm), and why lowering it loses no waiter. A claimer CASes a record's owner
+//    (A), then makes sure the mark covers it (cover(): load, and CAS it up if needed: B). The supervisor
+//    locks the mark (C: CAS to mark|kLowering), checks the top record's owner (D), and stores the lowered
+//    mark only if that record is free (E). All seq_cst, so A/B against C/D is the store-buffer pattern:
+//    either D sees A (no lowering past an owned record), or B sees C or E (the claimer waits out the lock
+//    and raises the mark again). A claimer that sees the lock held for long (a supervisor that died
+//    holding it; the next one clears it at adoption) waits without being counted, by polling.
 #pragma once
 
 #include <atomic>
@@ -60,20 +70,32 @@ struct alignas(kHwLine) WaiterRecord {
 static_assert(sizeof(WaiterRecord) == kHwLine);
 static_assert(std::is_standard_layout_v<WaiterRecord>);
 
-// A process's view of a table of WaiterRecords in shared memory: `capacity` records and the high-water
-// mark of those ever claimed (records below it may be free again: their lanes are zero then).
+// A process's view of a table of WaiterRecords in shared memory: `capacity` records and a high-water
+// mark that covers every claimed record (records below it may be free: their lanes are zero then).
 struct WaiterTable {
+  static constexpr std::uint32_t kLowering = 1u << 31;  // in *hwm: the supervisor is lowering the mark
+
   WaiterRecord* records = nullptr;
   std::uint32_t capacity = 0;                 // validated at attach; never re-read from shared memory
-  std::atomic<std::uint32_t>* hwm = nullptr;  // raised (seq_cst) before a claimed record is first used
+  std::atomic<std::uint32_t>* hwm = nullptr;  // see "The mark" above
+
   // N3 for `lane`: is any process waiting? Relaxed loads: the caller's seq_cst fence (N2) orders them.
   bool any_waiting(std::uint32_t lane) const noexcept {
-    std::uint32_t n = hwm->load(std::memory_order_relaxed);
+    std::uint32_t n = hwm->load(std::memory_order_relaxed) & ~kLowering;
     if (n > capacity) n = capacity;  // a damaged mark must not send us past the table
     for (std::uint32_t i = 0; i < n; ++i)
       if (records[i].waiting[lane].load(std::memory_order_relaxed) != 0) return true;
     return false;
   }
+  // Waiter: the record of `me` (claiming the lowest free one if it has none), covered by the mark; its
+  // index in *index. Null when every record is taken or the mark stayed locked (then wait by polling).
+  WaiterRecord* claim(std::uint64_t me, std::uint32_t* index) const noexcept;
+  // Waiter: make the mark cover record `index` (B above). False if it stayed locked.
+  bool cover(std::uint32_t index) const noexcept;
+  // Supervisor: lower the mark past free records at its top (C, D, E above). Returns by how many.
+  std::uint32_t lower() const noexcept;
+  // Supervisor, at adoption: release a lock left by a supervisor that died while lowering.
+  void clear_lock() const noexcept;
 };
 
 struct alignas(kCacheLine) EventCountShared {

@@ -22,6 +22,8 @@
 #include <cstdint>
 #include <optional>
 
+#include "shmbus/result.hpp"
+
 namespace shmbus {
 
 struct OwnerId {
@@ -56,13 +58,26 @@ inline OwnerId OwnerId::self() {
   return __builtin_expect(v != 0, 1) ? OwnerId{v} : self_slow();
 }
 
-// Whether the process an OwnerId names runs. `dead` is a proof: the pid does not exist (pidfd_open or
-// kill(pid, 0) answers ESRCH), or it exists with another start time (the pid was reused, so the process
-// the id named has exited), or a pidfd opened on the pid reports its exit. `unknown` when neither life
-// nor death can be shown (/proc unreadable: EMFILE, hidepid, EACCES): a caller must not reclaim then.
+// Whether the process an OwnerId names runs, in the caller's pid namespace. `dead` is a proof: the pid
+// does not exist (pidfd_open or kill(pid, 0) answers ESRCH), or it exists with another start time (the
+// pid was reused, so the process the id named has exited), or a pidfd opened on the pid reports that the
+// whole thread group exited (a zombie not yet reaped included; a leader in state 'Z' whose other threads
+// run is alive). `unknown` when neither life nor death can be shown (/proc unreadable: EMFILE, hidepid,
+// EACCES; a 'Z' state without a pidfd): a caller must not reclaim then. Ids stamped in another pid
+// namespace mean nothing here: the broker refuses to adopt a domain stamped in another one.
 enum class Liveness : std::uint8_t { alive, dead, unknown };
 Liveness liveness(OwnerId id) noexcept;
 const char* to_string(Liveness l) noexcept;
+
+// The pid namespace of the calling process (the inode and device of /proc/self/ns/pid). Errc::unavailable
+// when /proc is not mounted for that namespace (its pids are not ours, as after `unshare --pid` without
+// --mount-proc): liveness() would then read other processes than it is asked about.
+struct PidNamespace {
+  std::uint64_t ino = 0;
+  std::uint64_t dev = 0;
+  friend bool operator==(const PidNamespace&, const PidNamespace&) = default;
+};
+Result<PidNamespace> own_pid_namespace();
 
 // Field 22 of /proc/PID/stat (the start time in clock ticks since boot), retried on EINTR/EAGAIN.
 // nullopt when it cannot be read; *err then holds the errno (ENOENT: no such process in this /proc).

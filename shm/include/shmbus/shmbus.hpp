@@ -172,8 +172,10 @@ class Subscriber {
   Subscriber(Subscriber&&) noexcept;
   Subscriber& operator=(Subscriber&&) noexcept;
   ~Subscriber();  // gives the subscriber slot back (unsubscribe)
+  // Nothing (nullopt) also once the topic was deleted; receive() says so.
   std::optional<Sample> try_receive() noexcept;
-  // Wait up to `timeout` (spin, then park on the futex). Errc::timed_out when nothing came.
+  // Wait up to `timeout` (spin, then park on the futex). Errc::timed_out when nothing came; Errc::not_found
+  // once the topic was deleted or purged (its messages went with it).
   Result<Sample> receive(std::chrono::nanoseconds timeout);
   std::string topic() const;
   std::uint32_t slot() const;

@@ -128,7 +128,9 @@ struct alignas(kCacheLine) SubscriberSlot {
                                           // reported by the next message pushed to it (missed_before)
   std::atomic<std::uint64_t> last_owner;  // the owner of the latest activation, kept when the slot is
                                           // freed: only its threads can be counted in `ec` (broker writes)
-  std::uint8_t pad0[kCacheLine - 48];
+  std::atomic<std::uint64_t> freed_at;    // TopicShared::published when the slot was last freed: a
+                                          // returning owner missed what was published since
+  std::uint8_t pad0[kCacheLine - 56];
   alignas(kCacheLine) std::atomic<std::uint64_t> delivered;  // messages the subscriber took (it writes)
   std::uint8_t pad1[kCacheLine - 8];
   EventCountShared ec;  // the subscriber sleeps here
@@ -159,8 +161,10 @@ struct TopicShared {
   char name[kNameCap];
   std::uint8_t pad0[kCacheLine - ((72 + kNameCap) % kCacheLine)];
   alignas(kCacheLine) std::atomic<std::uint64_t> active_mask;  // streams: bit i = slot i active (R7/A7)
-  std::atomic<std::uint32_t> waiter_hwm;  // waiter records ever claimed (WaiterTable::hwm); read-mostly
-  std::uint8_t pad1[kCacheLine - 12];
+  std::atomic<std::uint32_t> waiter_hwm;  // covers every claimed waiter record (WaiterTable::hwm)
+  std::atomic<std::uint32_t> deleted;     // 1 once the broker deleted or purged the topic (release): the
+                                          // segment is unlinked, ports must stop using it
+  std::uint8_t pad1[kCacheLine - 16];
   // Statistics, relaxed. Written by publishers on one line and by receivers on another, so that a
   // publisher and a subscriber do not bounce one line between them on every message.
   alignas(kCacheLine) std::atomic<std::uint64_t> published;
@@ -199,7 +203,11 @@ struct DirectoryShared {
   std::uint64_t next_topic_id;              // broker only
   std::uint32_t max_topics;
   std::uint32_t reserved;
-  std::uint8_t pad[kCacheLine - 32];
+  // The pid namespace of the brokers that stamp owner ids in this domain (PidNamespace, owner.hpp), 0
+  // until the first broker records it. Broker only.
+  std::uint64_t pid_ns_ino;
+  std::uint64_t pid_ns_dev;
+  std::uint8_t pad[kCacheLine - 48];
   TopicEntry entries[kMaxTopics];
 };
 static_assert(offsetof(DirectoryShared, entries) == kCacheLine);
@@ -351,14 +359,30 @@ class TopicHandle {
 
   // ---- broker ----
   // Activate a free subscriber slot for `owner`; returns its index. Drains the slot's ring first.
+  // Idempotent: a slot already active for (owner, port) is returned again (a subscribe retried after the
+  // broker died while handling it).
   Result<std::uint32_t> activate_slot(OwnerId owner, std::uint64_t port);
   // Re-activate a given slot for an owner that reconnects after a broker restart (idempotent; sets the
-  // slot's active_mask bit even when the slot was active already).
+  // slot's active_mask bit even when the slot was active already). A slot that was freed while its owner
+  // was away is given back to that owner if nobody took it, with what it missed meanwhile added to its
+  // `dropped` count (so its next sample reports it); a slot another process took is an error.
   Status adopt_slot(std::uint32_t slot, OwnerId owner, std::uint64_t port);
+  // The active slot of `owner` for `port`, if any.
+  std::optional<std::uint32_t> find_slot(OwnerId owner, std::uint64_t port) const;
+  // Mark the topic deleted (before its segment is unlinked), so that ports fail rather than publish into
+  // a segment nobody will read again.
+  void mark_deleted() noexcept { t_->deleted.store(1, std::memory_order_release); }
+  bool deleted() const noexcept { return t_->deleted.load(std::memory_order_acquire) != 0; }
   void free_slot(std::uint32_t slot);
   // Broker, at adoption: make active_mask agree with the slots' states (a broker killed between a slot's
   // state store and its mask update leaves them apart). Returns how many bits it changed.
   std::uint32_t repair_mask();
+  // Broker, at adoption: release the waiter mark's lock if a broker died holding it, and lower the mark
+  // past free records (eventcount.hpp, "The mark").
+  void repair_waiters() noexcept {
+    waiters_.clear_lock();
+    (void)waiters_.lower();
+  }
   // Return the chunks in the rings of free slots (stragglers pushed after a slot was freed), and retry
   // held redeliveries (*requeued counts those that went back to the queue).
   std::uint64_t drain_free_slots(std::uint64_t* requeued = nullptr);
@@ -378,15 +402,14 @@ class TopicHandle {
  private:
   std::uint64_t drain_ring(std::uint32_t ring);
   std::uint64_t retry_held();
-  WaiterRecord* claim_record() noexcept;
   std::vector<std::uint32_t> held_;  // broker: redeliveries that met a full ring, retried by the sweep
   Segment seg_;
   TopicShared* t_ = nullptr;
   SubscriberSlot* slots_ = nullptr;
   WaiterTable waiters_;  // geometry validated at open
   std::uint64_t depth_ = 0;
-  // This process's waiter record: -1 until the first wait claims one, -2 when none was free (then the
-  // claim is retried at each wait). Atomic: the threads of a process share a handle.
+  // This process's waiter record: -1 until a wait claims one (a failed claim is retried at each wait).
+  // Atomic: the threads of a process share a handle.
   std::atomic<std::int32_t> record_{-1};
   ChunkPool pool_;
 };

@@ -5,8 +5,9 @@
 // than kMaxFrame, or one that is not a JSON object, is a protocol error: the broker answers with an
 // error frame and closes that connection (it never stops for a bad client).
 //
-// Protocol version 2. Every request has "op" and "req_id" (a positive integer, increasing on each
-// connection); every reply has "ok" (true/false) and echoes "req_id". A failed reply has "code" (an
+// Protocol version 2. Every request has "op"; clients send a "req_id" (a positive integer, increasing on
+// each connection) with each, and every reply echoes the request's "req_id" when it had a valid one. Every
+// reply has "ok" (true/false). A failed reply has "code" (an
 // errc_name(), e.g. "not_found") and "error" (a message naming the thing and the fix). A reply whose
 // req_id is older than the request a client waits for answers a request that timed out: the client drops
 // it and reads on (call() below), so one timeout never shifts every later answer by one.
