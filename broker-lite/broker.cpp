@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "shmbus/detail/control.hpp"
+#include "shmbus/detail/stream_supervisor.hpp"
 #include "shmbus/owner.hpp"
 #include "shmbus/paths.hpp"
 #include "shmbus/segment.hpp"
@@ -133,7 +134,8 @@ std::uint64_t req_uint(const json& r, const char* key) {
 struct SlotRecord {
   std::uint64_t topic_id;
   std::uint32_t slot;
-  std::uint64_t port;  // the client's port id, by which a timed-out subscribe is undone
+  std::uint64_t port;  // the client's port id, by which a timed-out request is undone
+  bool publisher;      // a publisher slot, else a subscriber slot
 };
 
 struct Session {
@@ -150,7 +152,7 @@ struct Session {
   std::string rbuf;
   std::string wbuf;
   std::vector<SlotRecord> slots;
-  std::uint64_t slots_freed = 0;  // slots freed when the socket closed (reported if the process died)
+  std::uint64_t slots_freed = 0;  // slots let go when the socket closed (reported if the process died)
   std::optional<Clock::time_point> linger_until;  // set once the socket is closed
 
   std::string who() const {
@@ -319,7 +321,9 @@ struct Broker::Impl {
   std::uint64_t ticks = 0;
   std::map<std::uint64_t, Clock::time_point> unknown_warned;  // owners of unknown liveness, last warned
   bool stop_requested = false;
-  bool purge = false;            // remove every segment at shutdown (--purge-on-exit, or stop with "purge")
+  bool purge = false;  // remove every segment at shutdown (--purge-on-exit, or stop with "purge")
+  std::chrono::milliseconds resweep_in{0};  // 0: no stream work left; see sweep_streams()
+  Clock::time_point resweep_at;
   bool unclaimed_swept = false;  // the kClaimGrace sweep of adopted slots has run
   bool serving = false;          // start() succeeded: shutdown() may remove the segments
   bool shut_down = false;
@@ -397,7 +401,8 @@ struct Broker::Impl {
   Status adopt_segments() {
     std::string replaced;
     auto d = DirectoryWriter::create_or_adopt(domain, opt.config.segment_mode, &replaced,
-                                              opt.config.segment_gid.value_or(static_cast<gid_t>(-1)));
+                                              opt.config.segment_gid.value_or(static_cast<gid_t>(-1)),
+                                              opt.config.max_topics);
     if (!d) return d.error();
     directory.emplace(std::move(d).value());
     if (!replaced.empty())
@@ -442,11 +447,12 @@ struct Broker::Impl {
       }
       Topic t{std::move(h).value(), info.name};
       t.handle.repair_waiters();
-      if (const std::uint32_t fixed = t.handle.repair_mask(); fixed != 0)
-        spdlog::warn(
-            "topic {}: {} subscriber mask bit(s) disagreed with their slots (a broker died between "
-            "the two stores): repaired",
-            in_quotes(info.name), fixed);
+      if (t.handle.kind() == TopicKind::stream)
+        if (const std::uint32_t fixed = detail::StreamSupervisor(t.handle).adopt(); fixed != 0)
+          spdlog::warn(
+              "topic {}: {} connection table entr(y/ies) disagreed with the connections (a broker died "
+              "between the two): repaired",
+              in_quotes(info.name), fixed);
       reclaim_dead(t, "adopting the topic");
       by_name[info.name] = info.id;
       topics.emplace(info.id, std::move(t));
@@ -603,17 +609,15 @@ struct Broker::Impl {
           in_quotes(t.name), u.pid());
     }
     for (OwnerId dead : dead_ids) {
-      const std::uint32_t before = t.handle.active_subscribers();
-      fold_owner_delivered(t.handle, dead);
       const ReclaimReport r = t.handle.reclaim(dead);
-      const std::uint32_t slots = before - std::min(before, t.handle.active_subscribers());
+      const std::uint32_t ports =
+          t.handle.kind() == TopicKind::stream ? detail::StreamSupervisor(t.handle).on_death(dead) : 0;
       // dead_owners() also names the last pusher of chunks that sit complete in a ring; reclaiming those
       // finds nothing to do, and is not worth a line at info every second.
-      if (r.freed != 0 || r.redelivered != 0 || slots != 0)
+      if (r.freed != 0 || r.redelivered != 0 || ports != 0)
         spdlog::info(
-            "topic {}: process {} is gone ({}): {} chunk(s) freed, {} redelivered, {} subscriber slot(s) "
-            "freed",
-            in_quotes(t.name), dead.pid(), when, r.freed, r.redelivered, slots);
+            "topic {}: process {} is gone ({}): {} chunk(s) freed, {} redelivered, {} port(s) released",
+            in_quotes(t.name), dead.pid(), when, r.freed, r.redelivered, ports);
       else
         spdlog::trace("topic {}: process {} is gone ({}): nothing to reclaim", in_quotes(t.name), dead.pid(),
                       when);
@@ -621,26 +625,29 @@ struct Broker::Impl {
   }
 
   // Active subscriber slots that no connection holds: adopted from a previous broker and not claimed back
-  // by their (live) owners. Dead owners' slots are reclaim_dead()'s.
+  // by their (live) owners. Dead owners' slots are reclaim_dead()'s. Publisher slots of live processes
+  // stay: they hold no one up, and their owners reattach when they reconnect.
   void free_unclaimed_slots() {
     for (auto& [id, t] : topics) {
-      for (std::uint32_t i = 0; i < t.handle.max_subscribers(); ++i) {
-        const SubscriberSlot* slot = t.handle.slot(i);
+      if (t.handle.kind() != TopicKind::stream) continue;
+      detail::StreamSupervisor sup(t.handle);
+      for (std::uint32_t j = 0; j < t.handle.max_subscribers(); ++j) {
+        const SubscriberSlot* slot = t.handle.slot(j);
         if (slot->state.load(std::memory_order_relaxed) != kSlotActive) continue;
         const bool claimed = std::any_of(sessions.begin(), sessions.end(), [&](const auto& kv) {
-          return std::any_of(kv.second->slots.begin(), kv.second->slots.end(),
-                             [&](const SlotRecord& r) { return r.topic_id == id && r.slot == i; });
+          return std::any_of(kv.second->slots.begin(), kv.second->slots.end(), [&](const SlotRecord& r) {
+            return r.topic_id == id && r.slot == j && !r.publisher;
+          });
         });
         if (claimed) continue;
         const OwnerId owner{slot->owner.load(std::memory_order_relaxed)};
         spdlog::warn(
-            "topic {}: freed subscriber slot {}: its owner (pid {}) did not claim it back within {} s of "
+            "topic {}: closed subscriber slot {}: its owner (pid {}) did not claim it back within {} s of "
             "this "
-            "broker's start; if it comes back, it is told how many messages it missed",
-            in_quotes(t.name), i, owner.pid(),
+            "broker's start; if it comes back, it subscribes anew and is told how many messages it missed",
+            in_quotes(t.name), j, owner.pid(),
             std::chrono::duration_cast<std::chrono::seconds>(kClaimGrace).count());
-        fold_slot_delivered(t.handle, i);
-        t.handle.free_slot(i);
+        sup.close_subscriber(j, false);
       }
     }
   }
@@ -915,8 +922,11 @@ struct Broker::Impl {
     if (op == "topic_create") return op_topic_create(req);
     if (op == "topic_delete") return op_topic_delete(req);
     if (op == "subscribe") return op_subscribe(s, req);
-    if (op == "unsubscribe") return op_unsubscribe(s, req);
-    if (op == "reattach") return op_reattach(s, req);
+    if (op == "unsubscribe") return op_release(s, req, false);
+    if (op == "reattach") return op_reattach(s, req, false);
+    if (op == "publisher") return op_publisher(s, req);
+    if (op == "unpublish") return op_release(s, req, true);
+    if (op == "reattach_publisher") return op_reattach(s, req, true);
     if (op == "stop") {
       bool purge_now = false;
       if (auto p = req.find("purge"); p != req.end() && !p->is_null()) {
@@ -965,13 +975,15 @@ struct Broker::Impl {
     }
     if (auto v = opt_uint(req, "depth")) o.depth = *v;
     if (auto v = opt_uint(req, "max_size")) o.max_size = *v;
-    if (auto v = opt_uint(req, "max_subscribers")) {
-      if (*v > kMaxSubscribers)
-        throw BadRequest{Error(Errc::invalid_argument, "max subscribers " + std::to_string(*v) +
-                                                           " must be from 1 to " +
-                                                           std::to_string(kMaxSubscribers))};
-      o.max_subscribers = static_cast<std::uint32_t>(*v);
-    }
+    for (auto [key, field] : {std::pair<const char*, std::uint32_t*>{"max_subscribers", &o.max_subscribers},
+                              {"max_publishers", &o.max_publishers},
+                              {"attrs_max", &o.attrs_max}})
+      if (auto v = opt_uint(req, key)) {
+        if (*v > 0xffffffffULL)
+          throw BadRequest{
+              Error(Errc::invalid_argument, std::string(key) + " " + std::to_string(*v) + " is too large")};
+        *field = static_cast<std::uint32_t>(*v);
+      }
     if (auto st = check_topic_options(o); !st) throw BadRequest{st.error()};
     if (find_topic(name))
       throw BadRequest{Error(Errc::already_exists, "topic " + in_quotes(name) + " already exists")};
@@ -1000,53 +1012,94 @@ struct Broker::Impl {
     return {{"ok", true}, {"name", name}};
   }
 
-  json op_subscribe(Session& s, const json& req) {
+  Topic& need_stream(const json& req) {
     Topic& t = need_topic(req_string(req, "name"));
-    const std::uint64_t port = opt_uint(req, "port").value_or(0);
-    auto slot = t.handle.activate_slot(s.owner, port);
-    if (!slot) throw BadRequest{slot.error()};
-    const std::uint64_t id = t.handle.shared()->topic_id;
-    // activate_slot() gives a retried subscribe (same process, same port) the slot it had already.
-    if (std::none_of(s.slots.begin(), s.slots.end(),
-                     [&](const SlotRecord& r) { return r.topic_id == id && r.slot == *slot; }))
-      s.slots.push_back({id, *slot, port});
-    spdlog::debug("{} subscribed to {} (slot {})", s.who(), in_quotes(t.name), *slot);
-    return {{"ok", true}, {"name", t.name}, {"id", id}, {"slot", *slot}, {"port", port}};
+    if (t.handle.kind() != TopicKind::stream)
+      throw BadRequest{Error(Errc::invalid_argument, "topic " + in_quotes(t.name) +
+                                                         " is a queue: produce to it and consume from it")};
+    return t;
   }
 
-  json op_unsubscribe(Session& s, const json& req) {
-    Topic& t = need_topic(req_string(req, "name"));
+  static json slot_reply(const Topic& t, std::uint32_t slot, std::uint64_t port) {
+    return {
+        {"ok", true}, {"name", t.name}, {"id", t.handle.shared()->topic_id}, {"slot", slot}, {"port", port}};
+  }
+
+  void remember(Session& s, std::uint64_t id, std::uint32_t slot, std::uint64_t port, bool publisher) {
+    if (std::none_of(s.slots.begin(), s.slots.end(), [&](const SlotRecord& r) {
+          return r.topic_id == id && r.slot == slot && r.publisher == publisher;
+        }))
+      s.slots.push_back({id, slot, port, publisher});
+  }
+
+  json op_subscribe(Session& s, const json& req) {
+    Topic& t = need_stream(req);
+    const std::uint64_t port = opt_uint(req, "port").value_or(0);
+    // Idempotent: a retried subscribe (same process, same port) gets the slot it has already.
+    auto slot = detail::StreamSupervisor(t.handle).attach_subscriber(s.owner, port);
+    if (!slot) throw BadRequest{slot.error()};
+    remember(s, t.handle.shared()->topic_id, *slot, port, false);
+    spdlog::debug("{} subscribed to {} (slot {})", s.who(), in_quotes(t.name), *slot);
+    return slot_reply(t, *slot, port);
+  }
+
+  json op_publisher(Session& s, const json& req) {
+    Topic& t = need_stream(req);
+    const std::uint64_t port = opt_uint(req, "port").value_or(0);
+    const std::uint64_t pub_id =
+        opt_uint(req, "pub_id").value_or((static_cast<std::uint64_t>(s.owner.pid()) << 32) | port);
+    auto slot = detail::StreamSupervisor(t.handle).attach_publisher(s.owner, port, pub_id);
+    if (!slot) throw BadRequest{slot.error()};
+    remember(s, t.handle.shared()->topic_id, *slot, port, true);
+    spdlog::debug("{} publishes to {} (slot {})", s.who(), in_quotes(t.name), *slot);
+    return slot_reply(t, *slot, port);
+  }
+
+  // unsubscribe / unpublish: the slot named by "slot", or by "port" (what a client sends after its
+  // request timed out: the broker may still have granted it). This process's own slots only.
+  json op_release(Session& s, const json& req, bool publisher) {
+    Topic& t = need_stream(req);
     const std::optional<std::uint64_t> slot = opt_uint(req, "slot");
     const std::optional<std::uint64_t> port = opt_uint(req, "port");
     if (!slot && !port)
-      throw BadRequest{Error(Errc::invalid_argument, "unsubscribe needs \"slot\" or \"port\" (an integer)")};
+      throw BadRequest{Error(Errc::invalid_argument, "this request needs \"slot\" or \"port\" (an integer)")};
+    detail::StreamSupervisor sup(t.handle);
     const std::uint64_t id = t.handle.shared()->topic_id;
-    auto it = std::find_if(s.slots.begin(), s.slots.end(), [&](const SlotRecord& r) {
-      return r.topic_id == id && (slot ? r.slot == *slot : r.port == port.value_or(0));
-    });
-    std::optional<std::uint32_t> freed;
-    if (it != s.slots.end()) {
-      freed = it->slot;
-      s.slots.erase(it);
-    } else {
-      // Not registered on this connection: a slot this process took through an earlier connection (or an
-      // earlier broker) and gave up while no broker ran. Its own slots only: the owner and port must match.
-      const auto mine = port ? t.handle.find_slot(s.owner, *port) : std::nullopt;
-      if (mine && (!slot || *mine == *slot)) freed = *mine;
+    std::optional<std::uint32_t> mine;
+    if (port) mine = publisher ? sup.find_publisher(s.owner, *port) : sup.find_subscriber(s.owner, *port);
+    if (mine && slot && *mine != *slot) mine.reset();
+    if (!mine && slot && *slot < (publisher ? t.handle.max_publishers() : t.handle.max_subscribers())) {
+      const bool owned =
+          publisher
+              ? t.handle.stream().pubs[*slot].owner.load(std::memory_order_relaxed) == s.owner.value &&
+                    t.handle.stream().pubs[*slot].state.load(std::memory_order_relaxed) == detail::kPubActive
+              : t.handle.slot(static_cast<std::uint32_t>(*slot))->owner.load(std::memory_order_relaxed) ==
+                        s.owner.value &&
+                    t.handle.slot(static_cast<std::uint32_t>(*slot))->state.load(std::memory_order_relaxed) ==
+                        kSlotActive;
+      if (owned) mine = static_cast<std::uint32_t>(*slot);
     }
-    if (!freed)
-      throw BadRequest{Error(Errc::not_found, "this process holds no subscriber slot " +
-                                                  (slot ? std::to_string(*slot)
-                                                        : "for port " + std::to_string(port.value_or(0))) +
-                                                  " of topic " + in_quotes(t.name))};
-    fold_slot_delivered(t.handle, *freed);
-    t.handle.free_slot(*freed);
-    spdlog::debug("{} unsubscribed from {} (slot {})", s.who(), in_quotes(t.name), *freed);
-    return {{"ok", true}, {"name", t.name}, {"slot", *freed}};
+    if (!mine)
+      throw BadRequest{
+          Error(Errc::not_found,
+                std::string("this process holds no ") + (publisher ? "publisher" : "subscriber") + " slot " +
+                    (slot ? std::to_string(*slot) : "for port " + std::to_string(port.value_or(0))) +
+                    " of topic " + in_quotes(t.name))};
+    if (publisher)
+      sup.retire_publisher(*mine);
+    else
+      sup.close_subscriber(*mine, true);  // it asked: it reads no more
+    stream_departure();
+    std::erase_if(s.slots, [&](const SlotRecord& r) {
+      return r.topic_id == id && r.slot == *mine && r.publisher == publisher;
+    });
+    spdlog::debug("{} {} {} (slot {})", s.who(), publisher ? "stopped publishing to" : "unsubscribed from",
+                  in_quotes(t.name), *mine);
+    return {{"ok", true}, {"name", t.name}, {"slot", *mine}};
   }
 
-  json op_reattach(Session& s, const json& req) {
-    Topic& t = need_topic(req_string(req, "name"));
+  json op_reattach(Session& s, const json& req, bool publisher) {
+    Topic& t = need_stream(req);
     const std::uint64_t want_id = req_uint(req, "id");
     const std::uint64_t slot = req_uint(req, "slot");
     const std::uint64_t port = opt_uint(req, "port").value_or(0);
@@ -1055,16 +1108,16 @@ struct Broker::Impl {
       throw BadRequest{Error(Errc::not_found, "topic " + in_quotes(t.name) + " has id " + std::to_string(id) +
                                                   ", not " + std::to_string(want_id) +
                                                   " (it was deleted and created again): subscribe again")};
-    if (slot >= t.handle.max_subscribers())
-      throw BadRequest{Error(Errc::invalid_argument, "topic " + in_quotes(t.name) +
-                                                         " has no subscriber slot " + std::to_string(slot))};
-    if (auto st = t.handle.adopt_slot(static_cast<std::uint32_t>(slot), s.owner, port); !st)
-      throw BadRequest{st.error()};
-    const bool known = std::any_of(s.slots.begin(), s.slots.end(),
-                                   [&](const SlotRecord& r) { return r.topic_id == id && r.slot == slot; });
-    if (!known) s.slots.push_back({id, static_cast<std::uint32_t>(slot), port});
-    spdlog::debug("{} reattached to {} (slot {})", s.who(), in_quotes(t.name), slot);
-    return {{"ok", true}, {"name", t.name}, {"id", id}, {"slot", slot}, {"port", port}};
+    if (slot > 0xffffffffULL)
+      throw BadRequest{Error(Errc::invalid_argument, "no such slot " + std::to_string(slot))};
+    detail::StreamSupervisor sup(t.handle);
+    const Status st = publisher ? sup.reattach_publisher(static_cast<std::uint32_t>(slot), s.owner, port)
+                                : sup.reattach_subscriber(static_cast<std::uint32_t>(slot), s.owner, port);
+    if (!st) throw BadRequest{st.error()};
+    remember(s, id, static_cast<std::uint32_t>(slot), port, publisher);
+    spdlog::debug("{} reattached to {} ({} slot {})", s.who(), in_quotes(t.name),
+                  publisher ? "publisher" : "subscriber", slot);
+    return slot_reply(t, static_cast<std::uint32_t>(slot), port);
   }
 
   // The socket closed or failed: free the session's slots, and find out whether the process is gone.
@@ -1073,16 +1126,20 @@ struct Broker::Impl {
       ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, s.sock.get(), nullptr);
       s.sock.reset();
     }
+    // Its subscribers stop being fed (their connections close, and their chunks go back once they acked
+    // that or died); if the process lives on, its client reconnects and subscribes anew. Publisher slots
+    // stay: they hold no one up, and a client that reconnects takes them back.
+    std::size_t freed = 0;
     for (const SlotRecord& r : s.slots)
       if (auto it = topics.find(r.topic_id);
-          it != topics.end() &&
+          it != topics.end() && !r.publisher &&
           it->second.handle.slot(r.slot)->owner.load(std::memory_order_relaxed) == s.owner.value) {
-        fold_slot_delivered(it->second.handle, r.slot);
-        it->second.handle.free_slot(r.slot);
+        detail::StreamSupervisor(it->second.handle).close_subscriber(r.slot, false);
+        ++freed;
       }
-    const std::size_t freed = s.slots.size();
     s.slots_freed += freed;
     s.slots.clear();
+    if (freed != 0) stream_departure();
     pollfd pf{s.pidfd.get(), POLLIN, 0};
     if (::poll(&pf, 1, 0) == 1) return on_death(s);
     spdlog::debug("{} disconnected: {}{}", s.who(), why,
@@ -1101,19 +1158,18 @@ struct Broker::Impl {
     std::uint64_t redelivered = 0;
     std::uint64_t slots = s.slots_freed;  // freed already if its socket closed first
     for (auto& [id, t] : topics) {
-      const std::uint32_t before = t.handle.active_subscribers();
-      fold_owner_delivered(t.handle, s.owner);
       const ReclaimReport r = t.handle.reclaim(s.owner);
       freed += r.freed;
       redelivered += r.redelivered;
-      slots += before - std::min(before, t.handle.active_subscribers());
+      if (t.handle.kind() == TopicKind::stream) slots += detail::StreamSupervisor(t.handle).on_death(s.owner);
     }
+    if (slots != 0) stream_departure();
     std::uint64_t held = 0;
     for (auto& [id, t] : topics) held += t.handle.held();
     // Every exit, with what it left: a clean one reclaims nothing, a crash shows what came back.
     spdlog::info(
-        "{} exited: reclaimed {} chunk(s) to the pools, redelivered {} queue message(s), freed {} "
-        "subscriber slot(s){}",
+        "{} exited: reclaimed {} chunk(s) to the pools, redelivered {} queue message(s), released {} "
+        "port(s){}",
         s.who(), freed, redelivered, slots,
         held != 0 ? fmt::format("; {} message(s) wait to be redelivered", held) : std::string());
     ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, s.pidfd.get(), nullptr);
@@ -1129,15 +1185,41 @@ struct Broker::Impl {
 
   // ---- periodic work ----
 
+  // Finish what departed stream ports left (closing connections, retired publishers' chunks). While work
+  // is left, the loop sweeps again after `resweep_in` (1 ms after a departure, doubling up to a tick), so
+  // that a dead subscriber's chunks are back with their publisher in about a millisecond, not a tick.
+  void sweep_streams() {
+    bool pending = false;
+    for (auto& [id, t] : topics) {
+      if (t.handle.kind() != TopicKind::stream) continue;
+      const detail::StreamSweep sw = detail::StreamSupervisor(t.handle).sweep();
+      pending = pending || sw.pending;
+      if (sw.chunks_returned != 0 || sw.chunks_freed != 0 || sw.slots_freed != 0)
+        spdlog::debug(
+            "topic {}: gave back {} chunk(s) of departed subscribers, freed {} chunk(s) of departed "
+            "publishers, {} connection(s) and {} slot(s)",
+            in_quotes(t.name), sw.chunks_returned, sw.chunks_freed, sw.conns_freed, sw.slots_freed);
+    }
+    const auto tick_ms = std::chrono::duration_cast<std::chrono::milliseconds>(opt.tick);
+    resweep_in = !pending ? std::chrono::milliseconds(0)
+                          : std::clamp(resweep_in * 2, std::chrono::milliseconds(1), tick_ms);
+    resweep_at = Clock::now() + resweep_in;
+  }
+  // A port departed: sweep now and soon after.
+  void stream_departure() {
+    resweep_in = std::chrono::milliseconds(0);
+    sweep_streams();
+  }
+
   void on_tick() {
     std::uint64_t expirations = 0;
     while (::read(timer.get(), &expirations, sizeof expirations) > 0) {
     }
     ++ticks;
+    sweep_streams();
     for (auto& [id, t] : topics) {
-      std::uint64_t requeued = 0;
-      t.handle.drain_free_slots(&requeued);
-      if (requeued != 0)
+      if (t.handle.kind() == TopicKind::stream) continue;
+      if (const std::uint64_t requeued = t.handle.retry_held(); requeued != 0)
         spdlog::info("topic {}: redelivered {} held message(s) ({} still held)", in_quotes(t.name), requeued,
                      t.handle.held());
     }
@@ -1174,7 +1256,11 @@ struct Broker::Impl {
   int run() {
     epoll_event events[64];
     while (!stop_requested) {
-      const int n = ::epoll_wait(ep.get(), events, 64, -1);
+      int wait_ms = -1;
+      if (resweep_in.count() != 0)
+        wait_ms = static_cast<int>(std::max<std::int64_t>(
+            0, std::chrono::ceil<std::chrono::milliseconds>(resweep_at - Clock::now()).count()));
+      const int n = ::epoll_wait(ep.get(), events, 64, wait_ms);
       if (n < 0) {
         if (errno == EINTR) continue;
         spdlog::critical("epoll_wait: {}", std::strerror(errno));
@@ -1201,6 +1287,7 @@ struct Broker::Impl {
             break;
         }
       }
+      if (resweep_in.count() != 0 && Clock::now() >= resweep_at) sweep_streams();
     }
     shutdown();
     return 0;

@@ -225,6 +225,7 @@ int run_topic_create(const TopicCreateArgs& a) {
   if (a.max_size) req["max_size"] = *a.max_size;
   if (!a.overflow.empty()) req["overflow"] = a.overflow;
   if (a.max_subscribers) req["max_subscribers"] = *a.max_subscribers;
+  if (a.max_publishers) req["max_publishers"] = *a.max_publishers;
   auto c = connect_data(a.domain, "topic create");
   if (!c) return fail("topic create", c.error());
   auto r = c->request(req);
@@ -326,12 +327,14 @@ int run_pub(const PubArgs& a) {
     return usage("pub", "give the message (DATA), '-' to read lines from stdin, or --count N");
   if (a.rate < 0 || !std::isfinite(a.rate))
     return usage("pub", "--rate must be a positive number of messages per second");
-  Attributes attrs;
+  std::vector<broker::OwnedAttr> owned;
   for (const std::string& kv : a.attrs) {
     auto p = broker::parse_attr(kv);
     if (!p) return usage("pub", "--attr " + in_quotes(kv) + " is not KEY=VALUE");
-    attrs.push_back(std::move(*p));
+    owned.push_back(std::move(*p));
   }
+  std::vector<Attr> attrs;  // views of `owned`, which no longer changes
+  for (const auto& o : owned) attrs.push_back(o.view());
   install_interrupt_handlers();
   auto c = connect_data(a.domain, "pub");
   if (!c) return fail("pub", c.error());
@@ -344,7 +347,7 @@ int run_pub(const PubArgs& a) {
     if (!p) return fail("pub", p.error());
     prod.emplace(std::move(p).value());
   } else {
-    auto p = c->publisher(a.topic);
+    auto p = c->publisher(a.topic, {.timestamps = true});  // the command's JSON output shows them
     if (!p) return fail("pub", p.error());
     pub.emplace(std::move(p).value());
   }

@@ -42,6 +42,7 @@ struct TopicCreateArgs {
   std::optional<std::uint64_t> max_size;
   std::string overflow;
   std::optional<std::uint32_t> max_subscribers;
+  std::optional<std::uint32_t> max_publishers;
 };
 
 struct PubArgs {

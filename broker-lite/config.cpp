@@ -148,7 +148,8 @@ class Parser {
     for (auto&& [key, node] : t) {
       const std::string_view k = key.str();
       if (k == "max_topics")
-        c.max_topics = static_cast<std::uint32_t>(integer_of(node, "[limits] max_topics", 1, kMaxTopics));
+        c.max_topics =
+            static_cast<std::uint32_t>(integer_of(node, "[limits] max_topics", 1, kMaxDirectoryTopics));
       else if (k == "max_clients")
         c.max_clients = static_cast<std::uint32_t>(integer_of(node, "[limits] max_clients", 1, 65536));
       else
@@ -165,7 +166,10 @@ class Parser {
       o.max_size = static_cast<std::uint64_t>(integer_of(n, where + " max_size", 1, std::int64_t{1} << 30));
     } else if (k == "max_subscribers") {
       o.max_subscribers =
-          static_cast<std::uint32_t>(integer_of(n, where + " max_subscribers", 1, kMaxSubscribers));
+          static_cast<std::uint32_t>(integer_of(n, where + " max_subscribers", 1, kMaxStreamPorts));
+    } else if (k == "max_publishers") {
+      o.max_publishers =
+          static_cast<std::uint32_t>(integer_of(n, where + " max_publishers", 1, kMaxStreamPorts));
     } else if (k == "attrs_max") {
       o.attrs_max = static_cast<std::uint32_t>(integer_of(n, where + " attrs_max", 0, 4096));
     } else if (k == "overflow") {

@@ -49,7 +49,7 @@ struct BrokerConfig {
   std::optional<std::string> segment_group;  // name, as written
   std::optional<gid_t> segment_gid;          // resolved with getgrnam
   TopicOptions defaults;                     // kind is always stream here; a request names its own
-  std::uint32_t max_topics = kMaxTopics;
+  std::uint32_t max_topics = 1024;           // sizes a new topic directory (an adopted one keeps its size)
   std::uint32_t max_clients = 256;
   std::vector<TopicSpec> topics;
 };

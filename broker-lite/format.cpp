@@ -68,15 +68,22 @@ std::string base64(std::span<const std::byte> b) {
 }
 
 nlohmann::json message_json(std::string_view topic, std::uint64_t publisher, std::uint64_t seq,
-                            std::uint64_t timestamp_ns, const Attributes& attrs,
+                            std::uint64_t timestamp_ns, const std::vector<Attr>& attrs,
                             std::span<const std::byte> payload, std::uint64_t missed,
                             std::optional<bool> redelivered) {
   nlohmann::json a = nlohmann::json::object();
-  for (const auto& [k, v] : attrs) {
-    if (v.is_int)
-      a[k] = v.i;
+  for (const Attr& at : attrs) {
+    const std::string k(at.key);
+    const AttrValue& v = at.value;
+    if (v.is_int())
+      a[k] = v.as_int();
+    else if (v.is_real())
+      a[k] = v.as_real();
+    else if (v.is_bool())
+      a[k] = v.as_bool();
     else
-      a[k] = valid_utf8(v.s) ? nlohmann::json(v.s) : nlohmann::json(base64(std::as_bytes(std::span(v.s))));
+      a[k] = valid_utf8(v.as_string()) ? nlohmann::json(v.as_string())
+                                       : nlohmann::json(base64(std::as_bytes(std::span(v.as_string()))));
   }
   nlohmann::json j = {{"topic", topic}, {"publisher", publisher},
                       {"seq", seq},     {"timestamp_ns", timestamp_ns},
@@ -91,11 +98,11 @@ nlohmann::json message_json(std::string_view topic, std::uint64_t publisher, std
   return j;
 }
 
-std::optional<std::pair<std::string, AttrValue>> parse_attr(std::string_view kv) {
+std::optional<OwnedAttr> parse_attr(std::string_view kv) {
   const auto eq = kv.find('=');
   if (eq == std::string_view::npos || eq == 0) return std::nullopt;
-  std::pair<std::string, AttrValue> out;
-  out.first = std::string(kv.substr(0, eq));
+  OwnedAttr out;
+  out.key = std::string(kv.substr(0, eq));
   const std::string_view v = kv.substr(eq + 1);
   std::string_view num = v;
   if (num.size() >= 2 && num[0] == '+' && num[1] >= '0' && num[1] <= '9')
@@ -103,10 +110,9 @@ std::optional<std::pair<std::string, AttrValue>> parse_attr(std::string_view kv)
   std::int64_t i = 0;
   const auto [end, ec] = std::from_chars(num.data(), num.data() + num.size(), i);
   if (!num.empty() && ec == std::errc() && end == num.data() + num.size()) {
-    out.second.is_int = true;
-    out.second.i = i;
+    out.number = i;
   } else {
-    out.second.s = std::string(v);
+    out.text = std::string(v);
   }
   return out;
 }

@@ -91,7 +91,8 @@ int main(int argc, char** argv) {
   tc->add_option("--overflow", create.overflow,
                  "streams: drop-oldest (subscriber told what it missed) or block")
       ->check(CLI::IsMember({"drop-oldest", "block"}));
-  tc->add_option("--max-subscribers", create.max_subscribers, "streams: 1 to 63");
+  tc->add_option("--max-subscribers", create.max_subscribers, "streams: subscribers at once (1 to 4096)");
+  tc->add_option("--max-publishers", create.max_publishers, "streams: publishers at once (1 to 4096)");
   std::string delete_name;
   auto* td = topic->add_subcommand("delete", "Delete a topic and its segment.");
   add_domain(td, domain);

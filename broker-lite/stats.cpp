@@ -1,21 +1,25 @@
 #include "stats.hpp"
 
+#include "shmbus/detail/stream_supervisor.hpp"
+
 namespace shmbus::broker {
 
-nlohmann::json topic_stats(const TopicHandle& topic) {
+nlohmann::json topic_stats(TopicHandle& topic) {
   const TopicShared* t = topic.shared();
   // Relaxed loads: statistics, read while clients keep counting; each number is a snapshot on its own.
   const bool queue = topic.kind() == TopicKind::queue;
   std::uint64_t delivered = t->delivered.load(std::memory_order_relaxed);
   std::uint64_t dropped = t->dropped.load(std::memory_order_relaxed);
+  std::uint64_t published = t->published.load(std::memory_order_relaxed);
+  std::uint32_t subscribers = 0, publishers = 0;
   if (!queue) {
-    for (std::uint32_t i = 0; i < topic.max_subscribers(); ++i) {
-      const SubscriberSlot* s = topic.slot(i);
-      if (s->state.load(std::memory_order_relaxed) == kSlotActive)
-        delivered += s->delivered.load(std::memory_order_relaxed);
-    }
+    const detail::StreamSupervisor sup(topic);
+    delivered = sup.delivered_total();
+    dropped = sup.dropped_total();
+    published = sup.published_total();
+    subscribers = topic.active_subscribers();
+    publishers = topic.active_publishers();
   }
-  const std::uint64_t published = t->published.load(std::memory_order_relaxed);
   const std::uint64_t acked = t->acked.load(std::memory_order_relaxed);
   const std::uint64_t nacked = t->nacked.load(std::memory_order_relaxed);
   const std::uint64_t redelivered =
@@ -26,11 +30,13 @@ nlohmann::json topic_stats(const TopicHandle& topic) {
   return {{"name", topic.name()},
           {"id", t->topic_id},
           {"kind", to_string(topic.kind())},
-          {"depth", t->depth},
-          {"max_size", t->max_size},
+          {"depth", topic.depth()},
+          {"max_size", topic.max_size()},
           {"overflow", to_string(topic.overflow())},
-          {"max_subscribers", t->max_subscribers},
-          {"subscribers", topic.active_subscribers()},
+          {"max_subscribers", topic.max_subscribers()},
+          {"subscribers", subscribers},
+          {"max_publishers", topic.max_publishers()},
+          {"publishers", publishers},
           {"published", published},
           {"delivered", delivered},
           {"acked", acked},
@@ -38,20 +44,6 @@ nlohmann::json topic_stats(const TopicHandle& topic) {
           {"redelivered", redelivered},
           {"queued", queued},
           {"in_flight", in_flight}};
-}
-
-void fold_slot_delivered(TopicHandle& topic, std::uint32_t slot) {
-  if (topic.kind() != TopicKind::stream || slot >= topic.max_subscribers()) return;
-  SubscriberSlot* s = topic.slot(slot);
-  if (s->state.load(std::memory_order_relaxed) != kSlotActive) return;
-  // exchange, so a slot folded twice (freed, then reclaimed) counts once. Relaxed: statistics.
-  const std::uint64_t n = s->delivered.exchange(0, std::memory_order_relaxed);
-  topic.shared()->delivered.fetch_add(n, std::memory_order_relaxed);
-}
-
-void fold_owner_delivered(TopicHandle& topic, OwnerId owner) {
-  for (std::uint32_t i = 0; i < topic.max_subscribers(); ++i)
-    if (topic.slot(i)->owner.load(std::memory_order_relaxed) == owner.value) fold_slot_delivered(topic, i);
 }
 
 }  // namespace shmbus::broker

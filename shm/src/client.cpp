@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -28,6 +29,9 @@ std::string qname(std::string_view s) {
   return "\"" + std::string(s) + "\"";
 }
 
+enum class PortKind : std::uint8_t { publisher, subscriber, producer, consumer };
+inline constexpr std::uint32_t kNoSlot = 0xffffffffu;
+
 struct ClientCore {
   std::string domain;
   std::string name;
@@ -39,16 +43,16 @@ struct ClientCore {
   // Fixed at the first hello; a later broker that names this process otherwise is refused.
   OwnerId identity{};
 
-  mutable std::mutex mu;  // guards fd, topics, subscribers
+  mutable std::mutex mu;  // guards fd, topics, ports, pending_releases
   int fd = -1;
   std::atomic<bool> connected{false};
   std::atomic<bool> stopping{false};
   std::thread monitor;
   std::map<std::uint64_t, std::weak_ptr<TopicHandle>> topics;
-  std::vector<std::weak_ptr<PortState>> subscribers;
-  // Unsubscribes that could not be sent (no broker at the time): sent after the next reconnect, so that a
-  // slot this process gave up does not stay active (and stall block-policy publishers) while it lives.
-  std::vector<nlohmann::json> pending_unsubscribes;
+  std::vector<std::weak_ptr<PortState>> ports;  // publishers and subscribers: re-registered on reconnect
+  // Unsubscribes and unpublishes that could not be sent (no broker at the time): sent after the next
+  // reconnect, so that a slot this process gave up does not stay taken while it lives.
+  std::vector<nlohmann::json> pending_releases;
 
   int wake = -1;  // eventfd: wakes the monitor thread at shutdown instead of waiting out its poll
 
@@ -72,6 +76,8 @@ struct ClientCore {
   // broker handles requests in order, so it cancels whatever the timed-out request does once it runs.
   Result<nlohmann::json> call(const nlohmann::json& req, bool reconnect = true,
                               const nlohmann::json* undo = nullptr);
+  // Give a slot back (unsubscribe, unpublish); kept for the next connection when no broker answers.
+  void release_slot(const nlohmann::json& req);
   void sleep_or_wake(std::chrono::milliseconds d);
   Result<std::shared_ptr<TopicHandle>> open_topic(std::string_view name, TopicInfo* info);
   void watch();
@@ -80,23 +86,27 @@ struct ClientCore {
 struct PortState {
   std::shared_ptr<ClientCore> core;
   std::shared_ptr<TopicHandle> topic;
+  PortKind kind = PortKind::producer;
   std::string name;
   std::uint64_t topic_id = 0;
   std::uint64_t port = 0;
-  std::uint64_t id = 0;   // publisher id: pid << 32 | port
-  std::uint64_t seq = 0;  // publisher sequence
-  // Subscriber.
-  std::uint32_t slot = 0;
-  std::uint32_t ring = 0;
-  std::uint64_t last_dropped = 0;
+  std::uint64_t id = 0;   // publisher id: identity pid << 32 | port
+  std::uint64_t seq = 0;  // producer sequence
   std::uint32_t spin = 0;
-  bool subscribed = false;
-  // Set (under core->mu) when a new broker refused to give the slot back: receive() then reports it.
+  std::uint32_t slot = 0;
+  bool registered = false;  // holds a broker slot (publisher, subscriber)
+  std::unique_ptr<StreamPublisher> spub;
+  std::unique_ptr<StreamSubscriber> ssub;
+  // After moves to new slots: the earlier subscribers, kept so that samples they handed out can go back
+  // through them (moves are rare: a broker restart that outlasted its grace period).
+  std::vector<std::unique_ptr<StreamSubscriber>> old_ssubs;
+  // Set by the reconnect thread when the broker gave this subscriber a new slot; the port's thread moves.
+  std::atomic<std::uint32_t> new_slot{kNoSlot};
+  // Set (under core->mu) when a new broker refused to give the slot back: the port reports it.
   std::atomic<bool> lost{false};
   std::string lost_reason;
 };
 
-// A reply that names a resource must name the one asked for.
 Status check_echo(const nlohmann::json& r, const char* key, const nlohmann::json& want, const char* op) {
   auto it = r.find(key);
   if (it == r.end() || *it != want)
@@ -163,31 +173,56 @@ Status ClientCore::connect_locked(bool spawn) {
 }
 
 Status ClientCore::reattach_locked() {
-  for (auto it = pending_unsubscribes.begin(); it != pending_unsubscribes.end();) {
+  for (auto it = pending_releases.begin(); it != pending_releases.end();) {
     auto r = control::call(fd, *it, 5000ms);
     if (!r && r.error().code() == Errc::closed) return r.error();
-    it = pending_unsubscribes.erase(it);  // done, or refused (the slot is gone already)
+    it = pending_releases.erase(it);  // done, or refused (the slot is gone already)
   }
   std::vector<std::weak_ptr<PortState>> live;
-  for (auto& w : subscribers) {
+  for (auto& w : ports) {
     auto p = w.lock();
-    if (!p || !p->subscribed) continue;
+    if (!p || !p->registered) continue;
     live.push_back(w);
-    auto r = control::call(
-        fd,
-        {{"op", "reattach"}, {"name", p->name}, {"id", p->topic_id}, {"slot", p->slot}, {"port", p->port}},
-        5000ms);
+    const bool pub = p->kind == PortKind::publisher;
+    auto r = control::call(fd,
+                           {{"op", pub ? "reattach_publisher" : "reattach"},
+                            {"name", p->name},
+                            {"id", p->topic_id},
+                            {"slot", p->slot},
+                            {"port", p->port}},
+                           5000ms);
     if (!r && r.error().code() == Errc::closed) return r.error();
     Status echo = r ? check_echo(*r, "slot", p->slot, "reattach") : Status(r.error());
     if (echo) echo = check_echo(*r, "name", p->name, "reattach");
     if (echo) echo = check_echo(*r, "port", p->port, "reattach");
-    if (!echo) {
-      p->lost_reason = "the subscription to " + qname(p->name) +
-                       " could not be taken back after the broker restarted: " + echo.error().message();
-      p->lost.store(true);
+    if (echo) continue;
+    if (!pub && r.error().code() == Errc::not_found && !p->topic->deleted()) {
+      // The broker closed our slot while we were away (it frees what nobody claims back within its
+      // grace period). Subscribe anew; the port's own thread moves over at its next receive, and what it
+      // missed meanwhile shows in the sequence numbers.
+      auto again = control::call(fd, {{"op", "subscribe"}, {"name", p->name}, {"port", p->port}}, 5000ms);
+      if (again && again->value("id", std::uint64_t{0}) != p->topic_id) {
+        p->lost_reason = "the subscription on " + qname(p->name) +
+                         " could not be taken back after the broker restarted: the topic was created anew";
+        p->lost.store(true, std::memory_order_release);
+        continue;
+      }
+      if (again && again->contains("slot") && (*again)["slot"].is_number_unsigned() &&
+          (*again)["slot"].get<std::uint64_t>() < p->topic->max_subscribers()) {
+        p->new_slot.store((*again)["slot"].get<std::uint32_t>(), std::memory_order_release);
+        // A receive() parked on the old slot's wake word moves over when it wakes: wake it.
+        if (p->slot < p->topic->max_subscribers()) EventCount(&p->topic->slot(p->slot)->ec).notify();
+        continue;
+      }
+      if (!again && again.error().code() == Errc::closed) return again.error();
+      echo = again ? Status(Error(Errc::protocol_error, "subscribe answered without a slot"))
+                   : Status(again.error());
     }
+    p->lost_reason = std::string("the ") + (pub ? "publisher" : "subscription") + " on " + qname(p->name) +
+                     " could not be taken back after the broker restarted: " + echo.error().message();
+    p->lost.store(true, std::memory_order_release);
   }
-  subscribers = std::move(live);
+  ports = std::move(live);
   return {};
 }
 
@@ -274,34 +309,179 @@ Result<std::shared_ptr<TopicHandle>> ClientCore::open_topic(std::string_view top
   return sp;
 }
 
+void ClientCore::release_slot(const nlohmann::json& req) {
+  // Never reconnect (or autostart a broker) just to give a slot back: without a broker, the request
+  // waits for the next connection (reattach_locked), or for this process's exit, which frees it anyway.
+  // (A timed-out request is still in the broker's queue on this connection: it runs when the broker does.)
+  auto r = call(req, false);
+  if (!r && (r.error().code() == Errc::unavailable || r.error().code() == Errc::closed)) {
+    std::lock_guard<std::mutex> lock(mu);
+    pending_releases.push_back(req);
+  }
+}
+
 std::uint64_t realtime_ns() {
   timespec ts{};
   clock_gettime(CLOCK_REALTIME, &ts);
   return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ULL + static_cast<std::uint64_t>(ts.tv_nsec);
 }
 
-Error topic_gone(const std::string& name);
-Result<std::uint32_t> alloc_chunk(PortState& p, std::size_t size, std::chrono::nanoseconds timeout);
-Status fill_and_send(PortState& p, TopicHandle*& loan_topic, std::uint32_t chunk, std::size_t size,
-                     const Attributes& attrs, std::chrono::nanoseconds timeout);
+Error topic_gone(const std::string& name) {
+  return Error(
+      Errc::not_found,
+      "topic " + qname(name) + " was deleted (topic delete, or stop --purge): open it again once it exists");
+}
+
+// The Error a failed publish returns (strings are built here, off the hot path).
+Status publish_error(const PortState& p, PublishStatus st, std::size_t size = 0) {
+  switch (st) {
+    case PublishStatus::ok:
+    case PublishStatus::no_subscribers:
+      return {};
+    case PublishStatus::missed_by_some:
+      return Error(Errc::timed_out,
+                   "stream " + qname(p.name) + ": some subscribers stayed full and missed the message");
+    case PublishStatus::full:
+      return Error(Errc::timed_out, "queue " + qname(p.name) + " stayed full for the whole timeout");
+    case PublishStatus::too_large:
+      if (size > p.topic->max_size())
+        return Error(Errc::too_large, "message of " + std::to_string(size) +
+                                          " bytes exceeds the max size of topic " + qname(p.name) + " (" +
+                                          std::to_string(p.topic->max_size()) + " bytes)");
+      return Error(Errc::too_large, "topic " + qname(p.name) + ": the message's attributes exceed " +
+                                        std::to_string(p.topic->attrs_max()) +
+                                        " bytes encoded, or an attribute key is empty or over 255 bytes");
+    case PublishStatus::no_chunk:
+      return Error(Errc::timed_out, "topic " + qname(p.name) +
+                                        ": no free chunk within the timeout (every chunk is queued or held)");
+    case PublishStatus::deleted:
+      return topic_gone(p.name);
+    case PublishStatus::closed:
+      return Error(Errc::closed, p.lost.load() ? p.lost_reason
+                                               : "the broker released this publisher on " + qname(p.name) +
+                                                     ": create a new one");
+  }
+  return {};
+}
+
+PublishStatus from_send(SendStatus s) {
+  switch (s) {
+    case SendStatus::ok:
+      return PublishStatus::ok;
+    case SendStatus::no_subscribers:
+      return PublishStatus::no_subscribers;
+    case SendStatus::some_missed:
+      return PublishStatus::missed_by_some;
+    case SendStatus::too_large:
+      return PublishStatus::too_large;
+    case SendStatus::no_chunk:
+      return PublishStatus::no_chunk;
+    case SendStatus::deleted:
+      return PublishStatus::deleted;
+    case SendStatus::closed:
+      return PublishStatus::closed;
+  }
+  return PublishStatus::closed;
+}
+
+// The queue producer's publish of a held chunk. On success the chunk is given away.
+PublishStatus produce(PortState& p, std::uint32_t chunk, std::size_t size, AttrList attrs,
+                      const Deadline& deadline) noexcept {
+  TopicHandle& t = *p.topic;
+  if (t.deleted()) return PublishStatus::deleted;
+  std::string* no_why = nullptr;
+  const std::size_t asz = attrs.empty() ? 0 : encoded_attrs_size(attrs, no_why);
+  if (size > t.max_size() || asz > t.attrs_max() || (!attrs.empty() && asz == 0))
+    return PublishStatus::too_large;
+  MessageHeader* h = t.header(chunk);
+  h->attrs_size = static_cast<std::uint32_t>(asz);
+  if (asz != 0) encode_attrs(attrs, t.attrs(chunk));
+  h->seq = ++p.seq;
+  h->publisher = p.id;
+  h->timestamp_ns = 0;
+  h->payload_size = static_cast<std::uint32_t>(size);
+  h->flags = 0;
+  if (t.push_queue(chunk, deadline) != TopicHandle::IoStatus::ok) {
+    --p.seq;
+    return PublishStatus::full;
+  }
+  t.shared()->published.fetch_add(1, std::memory_order_relaxed);  // relaxed: a statistic
+  return PublishStatus::ok;
+}
+
+// A subscriber whose slot the broker replaced: move to the new one, keeping what we know of each
+// publisher's sequence (so a gap shows as missed). Rare, so allocating here is fine.
+void move_subscriber(PortState& p, std::uint32_t slot) {
+  auto next = StreamSubscriber::attach(p.topic, slot);
+  if (!next) {
+    std::lock_guard<std::mutex> lock(p.core->mu);
+    p.lost_reason = "the subscription on " + qname(p.name) +
+                    " moved to a new slot that could not be opened: " + next.error().message();
+    p.lost.store(true);
+    return;
+  }
+  p.ssub->hand_over(**next);
+  p.old_ssubs.push_back(std::move(p.ssub));
+  p.ssub = std::move(next).value();
+  std::lock_guard<std::mutex> lock(p.core->mu);  // reattach_locked() reads the slot
+  p.slot = slot;
+}
 
 }  // namespace detail
 
 using detail::check_echo;
+using detail::PortKind;
 using detail::qname;
+
+const char* to_string(PublishStatus s) {
+  switch (s) {
+    case PublishStatus::ok:
+      return "ok";
+    case PublishStatus::no_subscribers:
+      return "no_subscribers";
+    case PublishStatus::missed_by_some:
+      return "missed_by_some";
+    case PublishStatus::full:
+      return "full";
+    case PublishStatus::too_large:
+      return "too_large";
+    case PublishStatus::no_chunk:
+      return "no_chunk";
+    case PublishStatus::deleted:
+      return "deleted";
+    case PublishStatus::closed:
+      return "closed";
+  }
+  return "?";
+}
 
 // ---- Sample / Delivery / Loan ----
 
-Sample::Sample(Sample&& o) noexcept : topic_(o.topic_), chunk_(o.chunk_), missed_(o.missed_) {
-  o.topic_ = nullptr;
+void Sample::move_from(Sample& o) noexcept {
+  where_ = o.where_;
+  redelivered_ = o.redelivered_;
+  port_ = o.port_;
+  // The fixed fields, and of the inline bytes only those in use.
+  sub_ = o.sub_;
+  r_.is_chunk = o.r_.is_chunk;
+  r_.chunk = o.r_.chunk;
+  r_.conn = o.r_.conn;
+  r_.size = o.r_.size;
+  r_.attrs_size = o.r_.attrs_size;
+  r_.seq = o.r_.seq;
+  r_.publisher = o.r_.publisher;
+  r_.timestamp_ns = o.r_.timestamp_ns;
+  r_.missed = o.r_.missed;
+  if (where_ == Where::copy) std::memcpy(r_.bytes, o.r_.bytes, r_.size + r_.attrs_size);
+  o.where_ = Where::none;
+}
+Sample::Sample(Sample&& o) noexcept {
+  move_from(o);
 }
 Sample& Sample::operator=(Sample&& o) noexcept {
   if (this != &o) {
     reset();
-    topic_ = o.topic_;
-    chunk_ = o.chunk_;
-    missed_ = o.missed_;
-    o.topic_ = nullptr;
+    move_from(o);
   }
   return *this;
 }
@@ -309,47 +489,61 @@ Sample::~Sample() {
   reset();
 }
 void Sample::reset() noexcept {
-  if (topic_ != nullptr) topic_->release(chunk_);
-  topic_ = nullptr;
+  switch (where_) {
+    case Where::stream_chunk:
+      sub_->release(r_.conn, r_.chunk);  // through the subscriber that took it
+      break;
+    case Where::queue_chunk:
+      port_->topic->release(r_.chunk);
+      break;
+    default:
+      break;
+  }
+  where_ = Where::none;
 }
 // A Sample (or the Delivery around it) that was released, acked, nacked or moved from holds no chunk:
 // its accessors return empty values rather than read a chunk that may belong to someone else by now.
 std::span<const std::byte> Sample::bytes() const {
-  if (topic_ == nullptr) return {};
-  const MessageHeader* h = topic_->header(chunk_);
-  const std::size_t n = h->payload_size <= topic_->max_size() ? h->payload_size : topic_->max_size();
-  return {topic_->payload(chunk_), n};
+  switch (where_) {
+    case Where::copy:
+      return {r_.bytes, r_.size};
+    case Where::stream_chunk:
+    case Where::queue_chunk: {
+      const TopicHandle& t = *port_->topic;
+      const std::size_t n = std::min<std::size_t>(t.header(r_.chunk)->payload_size, t.max_size());
+      return {t.payload(r_.chunk), n};
+    }
+    default:
+      return {};
+  }
+}
+std::span<const std::byte> Sample::attr_bytes() const {
+  switch (where_) {
+    case Where::copy:
+      return {r_.bytes + r_.size, r_.attrs_size};
+    case Where::stream_chunk:
+    case Where::queue_chunk: {
+      const TopicHandle& t = *port_->topic;
+      return {t.attrs(r_.chunk), std::min<std::size_t>(t.header(r_.chunk)->attrs_size, t.attrs_max())};
+    }
+    default:
+      return {};
+  }
 }
 std::string_view Sample::text() const {
   auto b = bytes();
   return {reinterpret_cast<const char*>(b.data()), b.size()};
 }
 std::string Sample::topic() const {
-  return topic_ != nullptr ? topic_->name() : std::string();
-}
-std::uint64_t Sample::seq() const {
-  return topic_ != nullptr ? topic_->header(chunk_)->seq : 0;
-}
-std::uint64_t Sample::publisher() const {
-  return topic_ != nullptr ? topic_->header(chunk_)->publisher : 0;
-}
-std::uint64_t Sample::timestamp_ns() const {
-  return topic_ != nullptr ? topic_->header(chunk_)->timestamp_ns : 0;
+  return where_ != Where::none ? port_->name : std::string();
 }
 std::optional<AttrValue> Sample::attr(std::string_view key) const {
-  if (topic_ == nullptr) return std::nullopt;
-  const MessageHeader* h = topic_->header(chunk_);
-  return find_attr(topic_->attrs(chunk_), std::min(h->attrs_size, topic_->attrs_max()), key);
+  const auto a = attr_bytes();
+  return a.empty() ? std::nullopt : find_attr(a.data(), a.size(), key);
 }
-Attributes Sample::attrs() const {
-  if (topic_ == nullptr) return {};
-  const MessageHeader* h = topic_->header(chunk_);
-  return decode_attrs(topic_->attrs(chunk_), std::min(h->attrs_size, topic_->attrs_max()));
-}
-bool Sample::redelivered() const {
-  if (topic_ == nullptr) return false;
-  return (topic_->pool().header(chunk_).flags.load(std::memory_order_relaxed) & kChunkRedelivered) != 0 ||
-         (topic_->header(chunk_)->flags & kMsgRedelivered) != 0;
+std::vector<Attr> Sample::attrs() const {
+  const auto a = attr_bytes();
+  return a.empty() ? std::vector<Attr>{} : decode_attrs(a.data(), a.size());
 }
 
 Delivery::~Delivery() {
@@ -357,17 +551,16 @@ Delivery::~Delivery() {
 }
 
 void Delivery::ack() noexcept {
-  TopicHandle* t = sample_.topic_;
-  if (t == nullptr) return;
-  t->shared()->acked.fetch_add(1, std::memory_order_relaxed);  // relaxed: a statistic
+  if (sample_.where_ != Sample::Where::queue_chunk) return;
+  sample_.port_->topic->shared()->acked.fetch_add(1, std::memory_order_relaxed);  // relaxed: a statistic
   sample_.reset();
 }
 
 void Delivery::nack() noexcept {
-  TopicHandle* t = sample_.topic_;
-  if (t == nullptr) return;
-  const std::uint32_t c = sample_.chunk_;
-  sample_.topic_ = nullptr;
+  if (sample_.where_ != Sample::Where::queue_chunk) return;
+  TopicHandle* t = sample_.port_->topic.get();
+  const std::uint32_t c = sample_.r_.chunk;
+  sample_.where_ = Sample::Where::none;
   t->shared()->nacked.fetch_add(1, std::memory_order_relaxed);
   t->pool().header(c).flags.fetch_or(kChunkRedelivered, std::memory_order_relaxed);  // published by the push
   t->header(c)->flags |= kMsgRedelivered;
@@ -378,120 +571,84 @@ void Delivery::nack() noexcept {
   (void)t->requeue(c);
 }
 
-Loan::Loan(Loan&& o) noexcept : topic_(o.topic_), chunk_(o.chunk_), size_(o.size_) {
-  o.topic_ = nullptr;
+Loan::Loan(Loan&& o) noexcept : port_(o.port_), chunk_(o.chunk_), size_(o.size_) {
+  o.port_ = nullptr;
 }
 Loan& Loan::operator=(Loan&& o) noexcept {
   if (this != &o) {
-    if (topic_ != nullptr) topic_->release(chunk_);
-    topic_ = o.topic_;
+    give_back();
+    port_ = o.port_;
     chunk_ = o.chunk_;
     size_ = o.size_;
-    o.topic_ = nullptr;
+    o.port_ = nullptr;
   }
   return *this;
 }
 Loan::~Loan() {
-  if (topic_ != nullptr) topic_->release(chunk_);
+  give_back();
+}
+void Loan::give_back() noexcept {
+  if (port_ == nullptr) return;
+  if (port_->spub)
+    port_->spub->unloan(chunk_);
+  else
+    port_->topic->release(chunk_);
+  port_ = nullptr;
 }
 std::byte* Loan::data() const {
-  return topic_ != nullptr ? topic_->payload(chunk_) : nullptr;
+  return port_ != nullptr ? port_->topic->payload(chunk_) : nullptr;
 }
 void Loan::resize(std::size_t n) {
   SHMBUS_ASSERT(n <= size_);
   size_ = n;
 }
 
-namespace detail {
+// ---- Publisher ----
 
-Error topic_gone(const std::string& name) {
-  return Error(
-      Errc::not_found,
-      "topic " + qname(name) + " was deleted (topic delete, or stop --purge): open it again once it exists");
+Publisher::Publisher(Publisher&&) noexcept = default;
+Publisher& Publisher::operator=(Publisher&&) noexcept = default;
+Publisher::~Publisher() {
+  if (!p_ || !p_->registered) return;
+  p_->registered = false;
+  p_->spub.reset();  // the cache goes back to the pool before the broker retires the slot
+  p_->core->release_slot({{"op", "unpublish"}, {"name", p_->name}, {"slot", p_->slot}, {"port", p_->port}});
 }
-
-Result<std::uint32_t> alloc_chunk(PortState& p, std::size_t size, std::chrono::nanoseconds timeout) {
+Result<Loan> Publisher::loan(std::size_t size, std::chrono::nanoseconds timeout) {
+  detail::PortState& p = *p_;
   if (size > p.topic->max_size())
     return Error(Errc::too_large, "message of " + std::to_string(size) +
                                       " bytes exceeds the max size of topic " + qname(p.name) + " (" +
                                       std::to_string(p.topic->max_size()) + " bytes)");
   std::uint32_t c;
-  if (p.topic->allocate(c, Deadline::after(timeout)) != TopicHandle::IoStatus::ok)
-    return Error(Errc::timed_out, "topic " + qname(p.name) +
-                                      ": no free chunk within the timeout (every chunk is queued or held)");
-  return c;
+  const auto st = detail::from_send(p.spub->loan(c, Deadline::after(timeout)));
+  if (st != PublishStatus::ok) return detail::publish_error(p, st).error();
+  return Loan(&p, c, size);
 }
-
-// Writes the header and attributes of a held chunk and sends it. On success the chunk is given away
-// (loan_topic set to null); on failure the caller still holds it.
-Status fill_and_send(PortState& p, TopicHandle*& loan_topic, std::uint32_t chunk, std::size_t size,
-                     const Attributes& attrs, std::chrono::nanoseconds timeout) {
-  TopicHandle& t = *p.topic;
-  if (loan_topic != &t)
-    return Error(Errc::invalid_argument, "the loan belongs to another topic or was published already");
-  if (t.deleted()) return topic_gone(p.name);
-  MessageHeader* h = t.header(chunk);
-  h->attrs_size = 0;
-  if (!attrs.empty()) {
-    std::string why;
-    if (!encode_attrs(attrs, t.attrs(chunk), t.attrs_max(), &h->attrs_size, &why))
-      return Error(Errc::too_large, "topic " + qname(p.name) + ": " + why);
-  }
-  h->seq = ++p.seq;
-  h->publisher = p.id;
-  h->timestamp_ns = realtime_ns();
-  h->payload_size = static_cast<std::uint32_t>(size);
-  h->flags = 0;
-  h->missed_before = 0;
-  const Deadline deadline = Deadline::after(timeout);
-  if (t.kind() == TopicKind::queue) {
-    if (t.push_queue(chunk, deadline) != TopicHandle::IoStatus::ok) {
-      --p.seq;
-      return Error(Errc::timed_out, "queue " + qname(p.name) + " stayed full for the whole timeout");
-    }
-    t.shared()->published.fetch_add(1, std::memory_order_relaxed);  // relaxed: a statistic
-    loan_topic = nullptr;
-    return {};
-  }
-  loan_topic = nullptr;  // publish_stream gives the chunk away in every case
-  if (t.publish_stream(chunk, deadline) == TopicHandle::IoStatus::timed_out)
-    return Error(Errc::timed_out,
-                 "stream " + qname(p.name) + ": some subscribers stayed full and missed the message");
-  return {};
+PublishStatus Publisher::try_publish(Loan&& loan, AttrList attrs) noexcept {
+  detail::PortState& p = *p_;
+  if (loan.port_ != &p) return PublishStatus::closed;
+  loan.port_ = nullptr;  // given away in every case
+  return detail::from_send(p.spub->publish_chunk(loan.chunk_, loan.size_, attrs, Deadline::now()));
 }
-
-}  // namespace detail
-
-namespace detail {
-// The copying publish of Publisher and Producer: loan, copy, publish.
-template <typename Port>
-Status publish_copy(Port& port, std::span<const std::byte> bytes, const Attributes& attrs,
-                    std::chrono::nanoseconds timeout) {
-  auto l = port.loan(bytes.size(), timeout);
-  if (!l) return l.error();
-  std::memcpy(l->data(), bytes.data(), bytes.size());
-  return port.publish(std::move(l).value(), attrs, timeout);
+Status Publisher::publish(Loan&& loan, AttrList attrs, std::chrono::nanoseconds timeout) {
+  detail::PortState& p = *p_;
+  if (loan.port_ != &p)
+    return Error(Errc::invalid_argument, "the loan belongs to another port or was published already");
+  loan.port_ = nullptr;
+  const std::size_t n = loan.size_;
+  return detail::publish_error(
+      p, detail::from_send(p.spub->publish_chunk(loan.chunk_, n, attrs, Deadline::after(timeout))), n);
 }
-}  // namespace detail
-
-// ---- Publisher / Producer ----
-
-Publisher::Publisher(Publisher&&) noexcept = default;
-Publisher& Publisher::operator=(Publisher&&) noexcept = default;
-Publisher::~Publisher() = default;
-Result<Loan> Publisher::loan(std::size_t size, std::chrono::nanoseconds timeout) {
-  auto c = detail::alloc_chunk(*p_, size, timeout);
-  if (!c) return c.error();
-  return Loan(p_->topic.get(), *c, size);
+PublishStatus Publisher::try_publish(std::span<const std::byte> bytes, AttrList attrs) noexcept {
+  return detail::from_send(p_->spub->publish(bytes.data(), bytes.size(), attrs, Deadline::now()));
 }
-Status Publisher::publish(Loan&& loan, const Attributes& attrs, std::chrono::nanoseconds timeout) {
-  return detail::fill_and_send(*p_, loan.topic_, loan.chunk_, loan.size_, attrs, timeout);
-}
-Status Publisher::publish(std::span<const std::byte> bytes, const Attributes& attrs,
+Status Publisher::publish(std::span<const std::byte> bytes, AttrList attrs,
                           std::chrono::nanoseconds timeout) {
-  return detail::publish_copy(*this, bytes, attrs, timeout);
+  return detail::publish_error(
+      *p_, detail::from_send(p_->spub->publish(bytes.data(), bytes.size(), attrs, Deadline::after(timeout))),
+      bytes.size());
 }
-Status Publisher::publish(std::string_view text, const Attributes& attrs, std::chrono::nanoseconds timeout) {
+Status Publisher::publish(std::string_view text, AttrList attrs, std::chrono::nanoseconds timeout) {
   return publish(std::as_bytes(std::span<const char>(text.data(), text.size())), attrs, timeout);
 }
 std::string Publisher::topic() const {
@@ -504,22 +661,48 @@ std::size_t Publisher::max_size() const {
   return p_->topic->max_size();
 }
 
+// ---- Producer ----
+
 Producer::Producer(Producer&&) noexcept = default;
 Producer& Producer::operator=(Producer&&) noexcept = default;
 Producer::~Producer() = default;
 Result<Loan> Producer::loan(std::size_t size, std::chrono::nanoseconds timeout) {
-  auto c = detail::alloc_chunk(*p_, size, timeout);
-  if (!c) return c.error();
-  return Loan(p_->topic.get(), *c, size);
+  detail::PortState& p = *p_;
+  if (size > p.topic->max_size())
+    return Error(Errc::too_large, "message of " + std::to_string(size) +
+                                      " bytes exceeds the max size of topic " + qname(p.name) + " (" +
+                                      std::to_string(p.topic->max_size()) + " bytes)");
+  if (p.topic->deleted()) return detail::topic_gone(p.name);
+  std::uint32_t c;
+  if (p.topic->allocate(c, Deadline::after(timeout)) != TopicHandle::IoStatus::ok)
+    return detail::publish_error(p, PublishStatus::no_chunk).error();
+  return Loan(&p, c, size);
 }
-Status Producer::publish(Loan&& loan, const Attributes& attrs, std::chrono::nanoseconds timeout) {
-  return detail::fill_and_send(*p_, loan.topic_, loan.chunk_, loan.size_, attrs, timeout);
+Status Producer::publish(Loan&& loan, AttrList attrs, std::chrono::nanoseconds timeout) {
+  detail::PortState& p = *p_;
+  if (loan.port_ != &p)
+    return Error(Errc::invalid_argument, "the loan belongs to another port or was published already");
+  const auto st = detail::produce(p, loan.chunk_, loan.size_, attrs, Deadline::after(timeout));
+  if (st == PublishStatus::ok) loan.port_ = nullptr;  // given away; otherwise still ours (the Loan frees it)
+  return detail::publish_error(p, st, loan.size_);
 }
-Status Producer::publish(std::span<const std::byte> bytes, const Attributes& attrs,
-                         std::chrono::nanoseconds timeout) {
-  return detail::publish_copy(*this, bytes, attrs, timeout);
+PublishStatus Producer::try_publish(std::span<const std::byte> bytes, AttrList attrs) noexcept {
+  detail::PortState& p = *p_;
+  if (bytes.size() > p.topic->max_size()) return PublishStatus::too_large;
+  std::uint32_t c;
+  if (p.topic->allocate(c, Deadline::now()) != TopicHandle::IoStatus::ok) return PublishStatus::no_chunk;
+  std::memcpy(p.topic->payload(c), bytes.data(), bytes.size());
+  const auto st = detail::produce(p, c, bytes.size(), attrs, Deadline::now());
+  if (st != PublishStatus::ok) p.topic->release(c);
+  return st;
 }
-Status Producer::publish(std::string_view text, const Attributes& attrs, std::chrono::nanoseconds timeout) {
+Status Producer::publish(std::span<const std::byte> bytes, AttrList attrs, std::chrono::nanoseconds timeout) {
+  auto l = loan(bytes.size(), timeout);
+  if (!l) return l.error();
+  std::memcpy(l->data(), bytes.data(), bytes.size());
+  return publish(std::move(l).value(), attrs, timeout);
+}
+Status Producer::publish(std::string_view text, AttrList attrs, std::chrono::nanoseconds timeout) {
   return publish(std::as_bytes(std::span<const char>(text.data(), text.size())), attrs, timeout);
 }
 std::string Producer::topic() const {
@@ -534,46 +717,52 @@ std::size_t Producer::max_size() const {
 Subscriber::Subscriber(Subscriber&&) noexcept = default;
 Subscriber& Subscriber::operator=(Subscriber&&) noexcept = default;
 Subscriber::~Subscriber() {
-  if (!p_ || !p_->subscribed) return;
-  p_->subscribed = false;
-  // Never reconnect (or autostart a broker) just to unsubscribe: without a broker, the request waits for
-  // the next connection (reattach_locked), or for this process's exit, which frees the slot anyway.
-  const nlohmann::json req = {
-      {"op", "unsubscribe"}, {"name", p_->name}, {"slot", p_->slot}, {"port", p_->port}};
-  auto r = p_->core->call(req, false);
-  // (A timed-out request is still in the broker's queue on this connection: it runs when the broker does.)
-  if (!r && (r.error().code() == Errc::unavailable || r.error().code() == Errc::closed)) {
-    std::lock_guard<std::mutex> lock(p_->core->mu);
-    p_->core->pending_unsubscribes.push_back(req);
-  }
+  if (!p_ || !p_->registered) return;
+  p_->registered = false;
+  p_->core->release_slot({{"op", "unsubscribe"}, {"name", p_->name}, {"slot", p_->slot}, {"port", p_->port}});
 }
 
 std::optional<Sample> Subscriber::try_receive() noexcept {
   detail::PortState& p = *p_;
-  TopicHandle& t = *p.topic;
-  std::uint32_t c;
-  if (t.deleted() || t.pool().try_pop(p.ring, c) != RingStatus::ok) return std::nullopt;
-  SubscriberSlot* s = t.slot(p.slot);
-  s->delivered.fetch_add(1, std::memory_order_relaxed);  // relaxed: a statistic on the slot's own line
-  const std::uint64_t dropped = s->dropped.load(std::memory_order_relaxed);
-  const std::uint64_t missed = dropped - p.last_dropped + t.header(c)->missed_before;
-  p.last_dropped = dropped;
-  if (t.overflow() == Overflow::block) t.notify(TopicHandle::WaitOn::space);  // a publisher may wait for room
-  return Sample(&t, c, missed);
+  if (const std::uint32_t ns = p.new_slot.load(std::memory_order_acquire); ns != detail::kNoSlot) {
+    p.new_slot.store(detail::kNoSlot, std::memory_order_relaxed);
+    detail::move_subscriber(p, ns);
+  }
+  if (p.topic->deleted()) return std::nullopt;
+  Sample s;
+  if (!p.ssub->try_receive(s.r_)) return std::nullopt;
+  s.port_ = &p;
+  s.sub_ = p.ssub.get();
+  s.where_ = s.r_.is_chunk ? Sample::Where::stream_chunk : Sample::Where::copy;
+  return s;
 }
 
 Result<Sample> Subscriber::receive(std::chrono::nanoseconds timeout) {
-  if (p_->topic->deleted()) return detail::topic_gone(p_->name);  // its messages went with it
+  detail::PortState& p = *p_;
+  if (p.topic->deleted()) return detail::topic_gone(p.name);  // its messages went with it
   if (auto s = try_receive()) return std::move(*s);
-  EventCount ec(&p_->topic->slot(p_->slot)->ec);
   std::optional<Sample> got;
-  ec.await([&] { return (got = try_receive()).has_value(); }, timeout, p_->spin);
-  if (got) return std::move(*got);
-  if (p_->lost.load()) {
-    std::lock_guard<std::mutex> lock(p_->core->mu);
-    return Error(Errc::closed, p_->lost_reason);
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    // Parked on this slot's wake word; if the port moves to a new slot meanwhile (the broker replaced
+    // it), wait again on the new one's.
+    const detail::StreamSubscriber* on = p.ssub.get();
+    EventCount(on->wake())
+        .await(
+            [&] { return (got = try_receive()).has_value() || p.ssub.get() != on; },
+            std::max(until - std::chrono::steady_clock::now(), std::chrono::steady_clock::duration::zero()),
+            p.spin);
+    if (got || p.ssub.get() == on) break;
   }
-  return Error(Errc::timed_out, "no message on " + qname(p_->name) + " within the timeout");
+  if (got) return std::move(*got);
+  if (p.topic->deleted()) return detail::topic_gone(p.name);
+  if (p.lost.load() || p.ssub->closed()) {
+    std::lock_guard<std::mutex> lock(p.core->mu);
+    return Error(Errc::closed, p.lost.load() ? p.lost_reason
+                                             : "the broker closed this subscription on " + qname(p.name) +
+                                                   " (it took this process for gone): subscribe again");
+  }
+  return Error(Errc::timed_out, "no message on " + qname(p.name) + " within the timeout");
 }
 
 std::string Subscriber::topic() const {
@@ -590,23 +779,37 @@ Consumer& Consumer::operator=(Consumer&&) noexcept = default;
 Consumer::~Consumer() = default;
 
 std::optional<Delivery> Consumer::try_receive() noexcept {
-  TopicHandle& t = *p_->topic;
+  detail::PortState& p = *p_;
+  TopicHandle& t = *p.topic;
   std::uint32_t c;
   if (t.deleted() || t.pool().try_pop(1, c) != RingStatus::ok) return std::nullopt;
   t.shared()->delivered.fetch_add(1, std::memory_order_relaxed);  // relaxed: a statistic
   t.notify(TopicHandle::WaitOn::space);                           // a producer may wait for room
-  return Delivery(Sample(&t, c, 0));
+  Sample s;
+  s.port_ = &p;
+  s.where_ = Sample::Where::queue_chunk;
+  const MessageHeader* h = t.header(c);
+  s.r_.is_chunk = true;
+  s.r_.chunk = c;
+  s.r_.seq = h->seq;
+  s.r_.publisher = h->publisher;
+  s.r_.timestamp_ns = h->timestamp_ns;
+  s.redelivered_ = (t.pool().header(c).flags.load(std::memory_order_relaxed) & kChunkRedelivered) != 0 ||
+                   (h->flags & kMsgRedelivered) != 0;
+  return Delivery(std::move(s));
 }
 
 Result<Delivery> Consumer::receive(std::chrono::nanoseconds timeout) {
-  if (p_->topic->deleted()) return detail::topic_gone(p_->name);  // its messages went with it
+  detail::PortState& p = *p_;
+  if (p.topic->deleted()) return detail::topic_gone(p.name);  // its messages went with it
   if (auto d = try_receive()) return std::move(*d);
   std::optional<Delivery> got;
-  p_->topic->wait_for(
+  p.topic->wait_for(
       TopicHandle::WaitOn::not_empty, [&] { return (got = try_receive()).has_value(); },
-      Deadline::after(timeout));
+      Deadline::after(timeout), p.spin);
   if (got) return std::move(*got);
-  return Error(Errc::timed_out, "no message on " + qname(p_->name) + " within the timeout");
+  if (p.topic->deleted()) return detail::topic_gone(p.name);
+  return Error(Errc::timed_out, "no message on " + qname(p.name) + " within the timeout");
 }
 
 std::string Consumer::topic() const {
@@ -647,13 +850,15 @@ Client::~Client() = default;
 
 namespace {
 std::shared_ptr<detail::PortState> new_port(const std::shared_ptr<detail::ClientCore>& core,
-                                            std::shared_ptr<TopicHandle> t, const TopicInfo& info) {
+                                            std::shared_ptr<TopicHandle> t, const TopicInfo& info,
+                                            PortKind kind) {
   auto p = std::make_shared<detail::PortState>();
   p->core = core;
   p->topic = std::move(t);
+  p->kind = kind;
   p->name = info.name;
   p->topic_id = info.id;
-  // Unique in the process, not per Client: the broker tells a retried subscribe by (process, port).
+  // Unique in the process, not per Client: the broker tells a retried request by (process, port).
   static std::atomic<std::uint64_t> next_port{1};
   p->port = next_port.fetch_add(1, std::memory_order_relaxed);
   // The pid the broker sees: unique across pid namespaces, unlike getpid() in a container.
@@ -664,14 +869,45 @@ std::shared_ptr<detail::PortState> new_port(const std::shared_ptr<detail::Client
 Error wrong_kind(const std::string& name, TopicKind is, const char* use) {
   return Error(Errc::invalid_argument, "topic " + qname(name) + " is a " + to_string(is) + ": use a " + use);
 }
+
+// Ask the broker for a slot (`op`: "subscribe" or "publisher"), checking what it answers. Should the
+// broker answer too late, it still grants the slot when it gets to the request: the undo frees it.
+Result<std::uint32_t> take_slot(detail::ClientCore& core, detail::PortState& p, const char* op,
+                                const char* undo_op, std::uint32_t max) {
+  const nlohmann::json undo = {{"op", undo_op}, {"name", p.name}, {"port", p.port}};
+  auto r = core.call({{"op", op}, {"name", p.name}, {"port", p.port}, {"pub_id", p.id}}, true, &undo);
+  if (!r) return r.error();
+  for (auto [key, want] :
+       {std::pair<const char*, nlohmann::json>{"name", p.name}, {"port", p.port}, {"id", p.topic_id}})
+    if (auto st = check_echo(*r, key, want, op); !st) return st.error();
+  if (!(*r).contains("slot") || !(*r)["slot"].is_number_unsigned() ||
+      (*r)["slot"].get<std::uint64_t>() >= max)
+    return Error(Errc::protocol_error, std::string("broker answered ") + op + " without a valid slot");
+  return (*r)["slot"].get<std::uint32_t>();
+}
 }  // namespace
 
-Result<Publisher> Client::publisher(std::string_view topic) {
+Result<Publisher> Client::publisher(std::string_view topic, const PublisherOptions& options) {
   TopicInfo info;
   auto t = core_->open_topic(topic, &info);
   if (!t) return t.error();
   if ((*t)->kind() != TopicKind::stream) return wrong_kind(info.name, TopicKind::queue, "producer");
-  return Publisher(new_port(core_, *t, info));
+  auto p = new_port(core_, *t, info, PortKind::publisher);
+  auto slot = take_slot(*core_, *p, "publisher", "unpublish", (*t)->max_publishers());
+  if (!slot) return slot.error();
+  auto sp = detail::StreamPublisher::attach(*t, *slot, options.timestamps);
+  if (!sp) {
+    core_->release_slot({{"op", "unpublish"}, {"name", p->name}, {"slot", *slot}, {"port", p->port}});
+    return sp.error();
+  }
+  p->slot = *slot;
+  p->spub = std::move(sp).value();
+  p->registered = true;
+  {
+    std::lock_guard<std::mutex> lock(core_->mu);
+    core_->ports.push_back(p);
+  }
+  return Publisher(std::move(p));
 }
 
 Result<Producer> Client::producer(std::string_view topic) {
@@ -679,15 +915,17 @@ Result<Producer> Client::producer(std::string_view topic) {
   auto t = core_->open_topic(topic, &info);
   if (!t) return t.error();
   if ((*t)->kind() != TopicKind::queue) return wrong_kind(info.name, TopicKind::stream, "publisher");
-  return Producer(new_port(core_, *t, info));
+  return Producer(new_port(core_, *t, info, PortKind::producer));
 }
 
-Result<Consumer> Client::consumer(std::string_view topic) {
+Result<Consumer> Client::consumer(std::string_view topic, const ConsumerOptions& options) {
   TopicInfo info;
   auto t = core_->open_topic(topic, &info);
   if (!t) return t.error();
   if ((*t)->kind() != TopicKind::queue) return wrong_kind(info.name, TopicKind::stream, "subscriber");
-  return Consumer(new_port(core_, *t, info));
+  auto p = new_port(core_, *t, info, PortKind::consumer);
+  p->spin = options.spin;
+  return Consumer(std::move(p));
 }
 
 Result<Subscriber> Client::subscriber(std::string_view topic, const SubscriberOptions& options) {
@@ -695,26 +933,21 @@ Result<Subscriber> Client::subscriber(std::string_view topic, const SubscriberOp
   auto t = core_->open_topic(topic, &info);
   if (!t) return t.error();
   if ((*t)->kind() != TopicKind::stream) return wrong_kind(info.name, TopicKind::queue, "consumer");
-  auto p = new_port(core_, *t, info);
-  // Should the broker answer too late, it still grants the slot when it gets to the request: the undo
-  // frees it again, so a timed-out subscribe leaves no slot behind that nobody reads.
-  const nlohmann::json undo = {{"op", "unsubscribe"}, {"name", info.name}, {"port", p->port}};
-  auto r = core_->call({{"op", "subscribe"}, {"name", info.name}, {"port", p->port}}, true, &undo);
-  if (!r) return r.error();
-  for (auto [key, want] :
-       {std::pair<const char*, nlohmann::json>{"name", info.name}, {"port", p->port}, {"id", info.id}})
-    if (auto st = check_echo(*r, key, want, "subscribe"); !st) return st.error();
-  if (!(*r).contains("slot") || !(*r)["slot"].is_number_unsigned() ||
-      (*r)["slot"].get<std::uint64_t>() >= (*t)->max_subscribers())
-    return Error(Errc::protocol_error, "broker answered subscribe without a valid slot");
-  p->slot = (*r)["slot"].get<std::uint32_t>();
-  p->ring = (*t)->slot(p->slot)->ring;
-  p->last_dropped = (*t)->slot(p->slot)->dropped.load(std::memory_order_relaxed);
+  auto p = new_port(core_, *t, info, PortKind::subscriber);
+  auto slot = take_slot(*core_, *p, "subscribe", "unsubscribe", (*t)->max_subscribers());
+  if (!slot) return slot.error();
+  auto ss = detail::StreamSubscriber::attach(*t, *slot);
+  if (!ss) {
+    core_->release_slot({{"op", "unsubscribe"}, {"name", p->name}, {"slot", *slot}, {"port", p->port}});
+    return ss.error();
+  }
+  p->slot = *slot;
+  p->ssub = std::move(ss).value();
   p->spin = options.spin;
-  p->subscribed = true;
+  p->registered = true;
   {
     std::lock_guard<std::mutex> lock(core_->mu);
-    core_->subscribers.push_back(p);
+    core_->ports.push_back(p);
   }
   return Subscriber(std::move(p));
 }
@@ -728,7 +961,9 @@ Status Client::create_topic(std::string_view name, const TopicOptions& o) {
                         {"depth", o.depth},
                         {"max_size", o.max_size},
                         {"overflow", to_string(o.overflow)},
-                        {"max_subscribers", o.max_subscribers}};
+                        {"max_subscribers", o.max_subscribers},
+                        {"max_publishers", o.max_publishers},
+                        {"attrs_max", o.attrs_max}};
   auto r = core_->call(req);
   if (!r) return r.error();
   auto topic = r->find("topic");

@@ -2,9 +2,12 @@
 // broker itself killed and restarted (it adopts what validates, removes what does not, reclaims owners
 // that died while no broker ran).
 #include <cstring>
+#include <optional>
 
 #include "broker_test_util.hpp"
+#include "shmbus/detail/stream_layout.hpp"
 #include "shmbus/shmbus.hpp"
+#include "shmbus/topic.hpp"
 
 namespace shmbus::btest {
 namespace {
@@ -78,7 +81,7 @@ TEST_F(BrokerFaultTest, SubscriberKilledWithSigkillIsSeenThroughItsPidfdAtOnce) 
   EXPECT_LT(elapsed, 500ms) << b.log();
   const std::string log = b.log();
   EXPECT_NE(log.find("client pid " + std::to_string(child) + " (doomed) exited"), std::string::npos) << log;
-  EXPECT_NE(log.find("freed 1 subscriber slot(s)"), std::string::npos) << log;
+  EXPECT_NE(log.find("released 1 port(s)"), std::string::npos) << log;
 }
 
 TEST_F(BrokerFaultTest, QueueConsumerKilledBeforeAckGetsItsMessageRedelivered) {
@@ -237,25 +240,47 @@ TEST_F(BrokerFaultTest, ForeignDirectorySegmentIsReplaced) {
   EXPECT_EQ(c.call({{"op", "topic_create"}, {"name", "a"}, {"kind", "stream"}}).value("ok", false), true);
 }
 
-// A broker killed between a subscriber slot's state store and its mask bit (a real SIGKILL at that
-// fault point) leaves an active slot that publishers skip. The next broker repairs the mask at adoption.
-TEST_F(BrokerFaultTest, BrokerKilledBetweenSlotStateAndMaskIsRepairedAtAdoption) {
+// A broker killed inside attach, after the slot and its connections are set up but before the generation
+// bump that tells the ports (a real SIGKILL at that fault point), leaves a change no port has seen. The
+// next broker finishes it at adoption: the slot stays its live owner's, its connection is in both tables,
+// the generation moves, and the retried request gets the same slot.
+TEST_F(BrokerFaultTest, BrokerKilledBeforeTheGenerationBumpIsFinishedAtAdoption) {
+  std::uint64_t gen_before = 0;
+  int pub_slot = -1;
+  std::optional<RawConn> c;  // stays open: its slots stay this live process's
   {
-    BrokerProcess b(d, {}, {"SHMBUS_FAULT=topic.activate.before_mask:1"});
+    BrokerProcess b(d, {}, {"SHMBUS_FAULT=stream.attach_subscriber.before_bump:1"});
     ASSERT_TRUE(b.wait_ready()) << b.log();
-    RawConn c(d.socket());
-    c.hello();
-    ASSERT_EQ(c.call({{"op", "topic_create"}, {"name", "s"}, {"kind", "stream"}}).value("ok", false), true);
-    c.send_json({{"op", "subscribe"}, {"name", "s"}, {"port", 1}});
+    c.emplace(d.socket());
+    c->hello();
+    ASSERT_EQ(c->call({{"op", "topic_create"}, {"name", "s"}, {"kind", "stream"}}).value("ok", false), true);
+    const json r = c->call({{"op", "publisher"}, {"name", "s"}, {"port", 2}});
+    ASSERT_EQ(r.value("ok", false), true) << r;
+    pub_slot = r.value("slot", -1);
+    auto dir = DirectoryView::open(d.domain()).value();
+    auto t = TopicHandle::open(d.domain(), dir.find("s")->id).value();
+    gen_before = t.stream().generation->load();
+    c->send_json({{"op", "subscribe"}, {"name", "s"}, {"port", 1}});
     const ExitStatus st = b.wait(10s);
     ASSERT_EQ(st.signal, SIGKILL) << "the broker did not die at the fault point\n" << b.log();
   }
   BrokerProcess again(d);
   ASSERT_TRUE(again.wait_ready()) << again.log();
-  EXPECT_NE(again.log().find("subscriber mask bit(s) disagreed with their slots"), std::string::npos)
-      << again.log();
-  // The slot belongs to this (live) process: publishers reach it again.
-  EXPECT_EQ(topic_entry(d, "s")->value("subscribers", -1), 1);
+  auto dir = DirectoryView::open(d.domain()).value();
+  auto t = TopicHandle::open(d.domain(), dir.find("s")->id).value();
+  EXPECT_GT(t.stream().generation->load(), gen_before);  // the ports re-read their tables
+  EXPECT_EQ(t.active_subscribers(), 1u);
+  EXPECT_EQ(t.active_publishers(), 1u);
+  RawConn c2(d.socket());
+  c2.hello();
+  const json r = c2.call({{"op", "subscribe"}, {"name", "s"}, {"port", 1}});  // the retry
+  ASSERT_EQ(r.value("ok", false), true) << r;
+  const auto sub_slot = static_cast<std::uint32_t>(r.value("slot", -1));
+  EXPECT_EQ(t.active_subscribers(), 1u);  // the same slot, not a second one
+  const std::uint32_t k = t.stream().pub_conn_at(static_cast<std::uint32_t>(pub_slot), sub_slot).load();
+  ASSERT_LT(k, t.stream().conn_capacity);
+  EXPECT_EQ(t.stream().sub_conn_at(sub_slot, static_cast<std::uint32_t>(pub_slot)).load(), k);
+  EXPECT_EQ(t.stream().conn(k)->state.load(), detail::kConnActive);
 }
 
 }  // namespace

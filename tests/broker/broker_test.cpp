@@ -106,7 +106,7 @@ TEST_F(BrokerTest, CreatesListsAndDeletesTopics) {
   EXPECT_NE(r.value("error", std::string()).find("offset 4"), std::string::npos) << r;
   r = c.call({{"op", "topic_create"}, {"name", "x"}, {"depth", "deep"}});
   EXPECT_EQ(r.value("code", std::string()), "invalid_argument") << r;
-  r = c.call({{"op", "topic_create"}, {"name", "x"}, {"max_subscribers", 64}});
+  r = c.call({{"op", "topic_create"}, {"name", "x"}, {"max_subscribers", 5000}});  // above kMaxStreamPorts
   EXPECT_EQ(r.value("code", std::string()), "invalid_argument") << r;
 
   r = c.call({{"op", "topics"}});
@@ -173,23 +173,34 @@ TEST_F(BrokerTest, ClosedConnectionOfALiveProcessFreesItsSlots) {
       << b.log();
 }
 
-TEST_F(BrokerTest, ReattachReclaimsASlotForItsOwner) {
+TEST_F(BrokerTest, ReattachKeepsAnActiveSlotForItsOwnerOnly) {
   BrokerProcess b(d);
   ASSERT_TRUE(b.wait_ready()) << b.log();
   RawConn c(d.socket());
   c.hello();
   const json t = c.call({{"op", "topic_create"}, {"name", "s"}, {"kind", "stream"}});
   const std::uint64_t id = t["topic"].value("id", std::uint64_t{0});
-  json r = c.call({{"op", "reattach"}, {"name", "s"}, {"id", id}, {"slot", 3}, {"port", 5}});
+  json r = c.call({{"op", "subscribe"}, {"name", "s"}, {"port", 5}});
+  ASSERT_EQ(r.value("ok", false), true) << r;
+  const int slot = r.value("slot", -1);
+  r = c.call({{"op", "reattach"}, {"name", "s"}, {"id", id}, {"slot", slot}, {"port", 5}});
   EXPECT_EQ(r.value("ok", false), true) << r;
-  EXPECT_EQ(r.value("slot", 0), 3);
+  EXPECT_EQ(r.value("slot", -1), slot);
   EXPECT_EQ(topic_entry(d, "s")->value("subscribers", 0), 1);
-  r = c.call({{"op", "reattach"}, {"name", "s"}, {"id", id}, {"slot", 3}, {"port", 5}});  // idempotent
+  r = c.call({{"op", "reattach"}, {"name", "s"}, {"id", id}, {"slot", slot}, {"port", 5}});  // idempotent
   EXPECT_EQ(r.value("ok", false), true) << r;
-  r = c.call({{"op", "reattach"}, {"name", "s"}, {"id", id + 100}, {"slot", 3}, {"port", 5}});
+  EXPECT_EQ(topic_entry(d, "s")->value("subscribers", 0), 1);
+  r = c.call({{"op", "reattach"}, {"name", "s"}, {"id", id + 100}, {"slot", slot}, {"port", 5}});
   EXPECT_EQ(r.value("code", std::string()), "not_found") << r;
-  r = c.call({{"op", "unsubscribe"}, {"name", "s"}, {"slot", 3}});
+  // A slot that is not active (never given, or closed meanwhile) cannot be reattached: subscribe anew.
+  r = c.call({{"op", "reattach"}, {"name", "s"}, {"id", id}, {"slot", slot + 1}, {"port", 6}});
+  EXPECT_EQ(r.value("code", std::string()), "not_found") << r;
+  r = c.call({{"op", "reattach"}, {"name", "s"}, {"id", id}, {"slot", 1 << 20}, {"port", 6}});
+  EXPECT_EQ(r.value("code", std::string()), "invalid_argument") << r;
+  r = c.call({{"op", "unsubscribe"}, {"name", "s"}, {"slot", slot}});
   EXPECT_EQ(r.value("ok", false), true) << r;
+  r = c.call({{"op", "reattach"}, {"name", "s"}, {"id", id}, {"slot", slot}, {"port", 5}});
+  EXPECT_EQ(r.value("code", std::string()), "not_found") << r;
 }
 
 // ---- protocol failures: the bad client is answered and dropped, the broker and others carry on ----

@@ -18,7 +18,7 @@ TEST(BrokerConfigTest, EmptyFileGivesDefaults) {
   ASSERT_TRUE(c) << c.error().message();
   EXPECT_FALSE(c->log_level);
   EXPECT_EQ(c->segment_mode, 0600u);
-  EXPECT_EQ(c->max_topics, kMaxTopics);
+  EXPECT_EQ(c->max_topics, 1024u);
   EXPECT_EQ(c->max_clients, 256u);
   EXPECT_TRUE(c->topics.empty());
 }

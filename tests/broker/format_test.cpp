@@ -33,26 +33,28 @@ TEST(FormatTest, Utf8ValidationRejectsWhatJsonCannotCarry) {
 TEST(FormatTest, AttrValuesThatAreIntegersBecomeInts) {
   auto a = parse_attr("prio=5");
   ASSERT_TRUE(a);
-  EXPECT_EQ(a->first, "prio");
-  EXPECT_TRUE(a->second.is_int);
-  EXPECT_EQ(a->second.i, 5);
-  EXPECT_EQ(parse_attr("n=-12")->second.i, -12);
-  EXPECT_EQ(parse_attr("n=+7")->second.i, 7);
-  EXPECT_FALSE(parse_attr("v=1.5")->second.is_int);
-  EXPECT_FALSE(parse_attr("v=12abc")->second.is_int);
-  EXPECT_FALSE(parse_attr("v=99999999999999999999")->second.is_int);  // does not fit int64
-  EXPECT_EQ(parse_attr("region=eu=west")->second.s, "eu=west");
-  EXPECT_EQ(parse_attr("empty=")->second.s, "");
+  EXPECT_EQ(a->key, "prio");
+  EXPECT_TRUE(a->view().value.is_int());
+  EXPECT_EQ(a->view().value.as_int(), 5);
+  EXPECT_EQ(parse_attr("n=-12")->view().value.as_int(), -12);
+  EXPECT_EQ(parse_attr("n=+7")->view().value.as_int(), 7);
+  EXPECT_FALSE(parse_attr("v=1.5")->view().value.is_int());
+  EXPECT_FALSE(parse_attr("v=12abc")->view().value.is_int());
+  EXPECT_FALSE(parse_attr("v=99999999999999999999")->view().value.is_int());  // does not fit int64
+  EXPECT_EQ(parse_attr("region=eu=west")->view().value.as_string(), "eu=west");
+  EXPECT_EQ(parse_attr("empty=")->view().value.as_string(), "");
   EXPECT_FALSE(parse_attr("novalue"));
   EXPECT_FALSE(parse_attr("=x"));
 }
 
 TEST(FormatTest, MessageJsonUsesBase64ForBinaryPayloads) {
-  Attributes attrs = {{"k", AttrValue{.s = "v"}}, {"n", AttrValue{.is_int = true, .i = 3}}};
+  std::vector<Attr> attrs = {{"k", "v"}, {"n", 3}, {"x", 1.5}, {"b", true}};
   auto j = message_json("t", 7, 2, 99, attrs, bytes("hi"), 1, std::nullopt);
   EXPECT_EQ(j["payload"], "hi");
   EXPECT_EQ(j["attrs"]["k"], "v");
   EXPECT_EQ(j["attrs"]["n"], 3);
+  EXPECT_EQ(j["attrs"]["x"], 1.5);
+  EXPECT_EQ(j["attrs"]["b"], true);
   EXPECT_EQ(j["missed"], 1);
   EXPECT_FALSE(j.contains("redelivered"));
   j = message_json("q", 7, 2, 99, {}, bytes(std::string_view("\x80", 1)), 0, true);

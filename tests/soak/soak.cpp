@@ -507,17 +507,25 @@ struct FaultArm {
 // ---- the parent ----
 
 // The fault points a client passes on the data path. The mpmc.* points of the bare MpmcRing are not
-// among them: the topic path moves chunks through ChunkPool's own stamped push and pop, which carry the
-// pool.* points, so a client armed with an mpmc.* point would never die at it.
+// among them: the queue path moves chunks through ChunkPool's own stamped push and pop, which carry the
+// pool.* points, so a client armed with an mpmc.* point would never die at it. The stream.* points are the
+// connection protocol's (a publisher between writing a slot and publishing it, a subscriber between taking
+// a chunk and handing it back).
 constexpr const char* kClientFaults[] = {
+    "pool.push.after_stamp", "pool.push.after_cas",         "pool.pop.before_claim",
+    "pool.pop.after_claim",  "stream.pub.before_commit",    "stream.pub.before_closed",
+    "stream.sub.after_held", "stream.sub.after_completion",
+};
+constexpr const char* kBrokerFaults[] = {
     "pool.push.after_stamp",
     "pool.push.after_cas",
     "pool.pop.before_claim",
     "pool.pop.after_claim",
-};
-constexpr const char* kBrokerFaults[] = {
-    "pool.push.after_stamp",   "pool.push.after_cas",        "pool.pop.before_claim", "pool.pop.after_claim",
-    "pool.reclaim.after_take", "topic.activate.before_mask", "topic.free.after_mask",
+    "pool.reclaim.after_take",
+    "stream.attach_publisher.before_bump",
+    "stream.attach_subscriber.before_bump",
+    "stream.collect.after_take",
+    "stream.return.after_take",
 };
 
 // For the SIGALRM watchdog and the signal handlers: every child's pid (async-signal-safe to walk).
@@ -1315,9 +1323,16 @@ void Soak::check_topics() {
       violation(std::string("topic ") + name + ": " + std::to_string(held_records) +
                 " waiter records still held");
     if (t->kind() == shmbus::TopicKind::stream) {
-      if (t->active_subscribers() != 0 || sh->active_mask.load() != 0)
+      if (t->active_subscribers() != 0 || t->active_publishers() != 0)
         violation(std::string("topic ") + name + ": " + std::to_string(t->active_subscribers()) +
-                  " subscriber slots still active (mask " + std::to_string(sh->active_mask.load()) + ")");
+                  " subscriber and " + std::to_string(t->active_publishers()) +
+                  " publisher slots still active");
+      for (std::uint32_t k = 0; k < t->stream().conn_capacity; ++k) {
+        const auto st = t->stream().conn(k)->state.load();
+        if (st != shmbus::detail::kConnFree)
+          violation(std::string("topic ") + name + ": connection " + std::to_string(k) + " left in state " +
+                    std::to_string(st));
+      }
       for (std::uint32_t i = 0; i < t->max_subscribers(); ++i) {
         const shmbus::SubscriberSlot* s = t->slot(i);
         if (s->owner.load() != 0 || s->state.load() != shmbus::kSlotFree)

@@ -139,6 +139,15 @@ class EventCount {
       return;
     notify_slow();
   }
+  // notify() without its fence: for a notifier that published to several EventCounts and issued one
+  // seq_cst fence (N2) after all of them (a publisher's fan-out).
+  void notify_fenced() noexcept {
+    if (table_ != nullptr ? !table_->any_waiting(lane_)
+                          : s_->futex_sleepers.load(std::memory_order_relaxed) == 0 &&
+                                (notify_fd_ < 0 || s_->fd_sleepers.load(std::memory_order_relaxed) == 0))
+      return;
+    notify_slow();
+  }
   // The eventfd that the (single) eventfd waiter of this EventCount sleeps on; -1 for none.
   void set_notify_fd(int fd) noexcept { notify_fd_ = fd; }
 

@@ -5,20 +5,21 @@
 //   auto pub = client->publisher("sensors.left.temp").value();
 //   auto loan = pub.loan(sizeof(Reading)).value();      // writable bytes inside shared memory
 //   new (loan.data()) Reading{21.5};
-//   pub.publish(std::move(loan), {{"unit", "C"}});
+//   pub.publish(std::move(loan), {{"unit", "C"}, {"prio", 5}});
 //   auto sub = client->subscriber("sensors.left.temp").value();
 //   while (auto s = sub.receive(100ms)) use(s->bytes(), s->attr("unit"), s->missed());
 //
 // Threads: a Client may be shared by threads (control calls are serialised); each Publisher,
 // Subscriber, Producer and Consumer is used by one thread at a time. A Sample or Delivery must not
 // outlive the port that produced it; a port must not outlive its Client. A Sample or Delivery that was
-// released, acked, nacked or moved from holds nothing: its accessors return empty values. A Client does not
-// survive fork(): it runs a reconnect thread, so a child must connect anew (and should fork before it uses
-// locks the parent's threads may hold, as with any multi-threaded process).
+// released, acked, nacked or moved from holds nothing: its accessors return empty values. A Client does
+// not survive fork(): it runs a reconnect thread, so a child must connect anew (and should fork before it
+// uses locks the parent's threads may hold, as with any multi-threaded process).
 //
-// The data path (loan, publish, try_receive, receive, ack) never talks to the broker, never takes a
-// lock, and does not allocate unless the caller passes attributes. Setup calls return Result<T>; the
-// receive loop never throws.
+// The data path (loan, publish, try_publish, try_receive, receive, ack) never talks to the broker, never
+// takes a lock and never allocates (attribute lists are views; a received message's attributes view the
+// message). Setup calls return Result<T>; the receive loop never throws. try_publish() reports its
+// outcome as a PublishStatus without building any string; publish() turns failures into an Error.
 #pragma once
 
 #include <chrono>
@@ -31,6 +32,9 @@
 #include <string>
 #include <string_view>
 
+#include "shmbus/attributes.hpp"
+#include "shmbus/detail/stream_port.hpp"
+#include "shmbus/options.hpp"
 #include "shmbus/paths.hpp"
 #include "shmbus/result.hpp"
 #include "shmbus/topic.hpp"
@@ -51,12 +55,28 @@ struct ClientOptions {
                                                      // status...) waits for the broker's answer
 };
 
+// What try_publish() did, without a message string (the hot path builds none).
+enum class PublishStatus : std::uint8_t {
+  ok,              // every subscriber (stream) or the queue has it
+  no_subscribers,  // stream: nobody subscribes now; the message is consumed, not an error
+  missed_by_some,  // stream: some subscribers' connections stayed full (block: until the timeout) and
+                   // they miss it; the others have it
+  full,            // queue: it stayed full until the timeout; nothing was enqueued
+  too_large,       // payload over the topic's max size, or attributes over its attrs_max
+  no_chunk,        // no chunk freed up before the timeout (every chunk is queued or held)
+  deleted,         // the topic was deleted or purged
+  closed,          // the broker let this port go (this process was taken for gone); open a new one
+};
+const char* to_string(PublishStatus s);
+
 class Publisher;
 class Subscriber;
 class Producer;
 class Consumer;
 
-// A message received from a stream, read in place in shared memory. Returns its chunk when destroyed.
+// A received message. A small one was copied out of the ring (it is inside the Sample); a large one or
+// a zero-copy one is read in place in shared memory and goes back to its publisher when the Sample is
+// destroyed. Attribute values view the Sample: valid while it lives and is not moved.
 class Sample {
  public:
   Sample(Sample&& other) noexcept;
@@ -67,26 +87,32 @@ class Sample {
   std::span<const std::byte> bytes() const;
   std::string_view text() const;  // bytes() as characters
   std::string topic() const;
-  std::uint64_t seq() const;           // the publisher's sequence number (from 1)
-  std::uint64_t publisher() const;     // the publisher's id
-  std::uint64_t timestamp_ns() const;  // CLOCK_REALTIME at publish
-  std::uint64_t missed() const {
-    return missed_;
-  }  // messages dropped for this subscriber just before this one
+  std::uint64_t seq() const { return where_ == Where::none ? 0 : r_.seq; }  // the publisher's sequence number
+  std::uint64_t publisher() const { return where_ == Where::none ? 0 : r_.publisher; }  // the publisher's id
+  // CLOCK_REALTIME at publish; 0 when the publisher does not stamp (PublisherOptions::timestamps).
+  std::uint64_t timestamp_ns() const { return where_ == Where::none ? 0 : r_.timestamp_ns; }
+  // This publisher's messages missed just before this one (a slow subscriber under drop-oldest, or one
+  // whose connection stayed full under block).
+  std::uint64_t missed() const { return where_ == Where::none ? 0 : r_.missed; }
   std::optional<AttrValue> attr(std::string_view key) const;
-  Attributes attrs() const;
-  bool redelivered() const;
+  std::vector<Attr> attrs() const;
+  bool redelivered() const { return where_ != Where::none && redelivered_; }
 
  private:
   friend class Subscriber;
   friend class Consumer;
   friend class Delivery;
-  Sample(TopicHandle* topic, std::uint32_t chunk, std::uint64_t missed)
-      : topic_(topic), chunk_(chunk), missed_(missed) {}
+  enum class Where : std::uint8_t { none, copy, stream_chunk, queue_chunk };
+  Sample() = default;
   void reset() noexcept;
-  TopicHandle* topic_ = nullptr;
-  std::uint32_t chunk_ = 0;
-  std::uint64_t missed_ = 0;
+  std::span<const std::byte> attr_bytes() const;
+  void move_from(Sample& o) noexcept;
+
+  Where where_ = Where::none;
+  bool redelivered_ = false;
+  detail::PortState* port_ = nullptr;        // the port it came through (its topic)
+  detail::StreamSubscriber* sub_ = nullptr;  // stream chunk: the subscriber to give it back through
+  detail::Received r_;                       // where the message is; a small one's bytes
 };
 
 // A message taken from a queue. ack() gives it back to the pool; nack() (or destruction without ack)
@@ -104,7 +130,7 @@ class Delivery {
   std::uint64_t publisher() const { return sample_.publisher(); }
   std::uint64_t timestamp_ns() const { return sample_.timestamp_ns(); }
   std::optional<AttrValue> attr(std::string_view key) const { return sample_.attr(key); }
-  Attributes attrs() const { return sample_.attrs(); }
+  std::vector<Attr> attrs() const { return sample_.attrs(); }
   bool redelivered() const { return sample_.redelivered(); }
   void ack() noexcept;
   void nack() noexcept;
@@ -115,8 +141,8 @@ class Delivery {
   Sample sample_;
 };
 
-// Writable bytes inside a chunk of shared memory, from Publisher::loan() or Producer::loan(). Returned to
-// the pool if destroyed unpublished.
+// Writable bytes inside a chunk of shared memory, from Publisher::loan() or Producer::loan(). Returned
+// unpublished when destroyed.
 class Loan {
  public:
   Loan(Loan&& other) noexcept;
@@ -130,29 +156,38 @@ class Loan {
  private:
   friend class Publisher;
   friend class Producer;
-  Loan(TopicHandle* topic, std::uint32_t chunk, std::size_t size)
-      : topic_(topic), chunk_(chunk), size_(size) {}
-  TopicHandle* topic_ = nullptr;
+  Loan(detail::PortState* port, std::uint32_t chunk, std::size_t size)
+      : port_(port), chunk_(chunk), size_(size) {}
+  void give_back() noexcept;
+  detail::PortState* port_ = nullptr;
   std::uint32_t chunk_ = 0;
   std::size_t size_ = 0;
+};
+
+struct PublisherOptions {
+  bool timestamps = false;  // stamp each message with CLOCK_REALTIME (a clock read, ~25 ns, per message)
 };
 
 class Publisher {
  public:
   Publisher(Publisher&&) noexcept;
   Publisher& operator=(Publisher&&) noexcept;
-  ~Publisher();
+  ~Publisher();  // gives the publisher slot back
   // A chunk for `size` payload bytes. Errc::too_large above the topic's max size; Errc::timed_out when
-  // no chunk frees up within `timeout` (every chunk is queued or held).
+  // no chunk frees up within `timeout` (subscribers hold them all).
   Result<Loan> loan(std::size_t size, std::chrono::nanoseconds timeout = std::chrono::seconds(1));
-  // Publish to every current subscriber. Under policy block, waits up to `timeout` for room; subscribers
-  // that stay full miss the message (Errc::timed_out is returned; the others got it).
-  Status publish(Loan&& loan, const Attributes& attrs = {},
+  // Publish to every current subscriber (a message with no subscriber succeeds and goes nowhere). Under
+  // policy block, waits up to `timeout` for room; subscribers that stay full miss the message
+  // (Errc::timed_out is returned; the others got it).
+  Status publish(Loan&& loan, AttrList attrs = {},
                  std::chrono::nanoseconds timeout = std::chrono::seconds(1));
-  Status publish(std::span<const std::byte> bytes, const Attributes& attrs = {},
+  Status publish(std::span<const std::byte> bytes, AttrList attrs = {},
                  std::chrono::nanoseconds timeout = std::chrono::seconds(1));
-  Status publish(std::string_view text, const Attributes& attrs = {},
+  Status publish(std::string_view text, AttrList attrs = {},
                  std::chrono::nanoseconds timeout = std::chrono::seconds(1));
+  // The same without a message string or a wait: a full connection under block is a miss at once.
+  PublishStatus try_publish(std::span<const std::byte> bytes, AttrList attrs = {}) noexcept;
+  PublishStatus try_publish(Loan&& loan, AttrList attrs = {}) noexcept;
   std::string topic() const;
   std::uint64_t id() const;
   std::size_t max_size() const;
@@ -175,7 +210,8 @@ class Subscriber {
   // Nothing (nullopt) also once the topic was deleted; receive() says so.
   std::optional<Sample> try_receive() noexcept;
   // Wait up to `timeout` (spin, then park on the futex). Errc::timed_out when nothing came; Errc::not_found
-  // once the topic was deleted or purged (its messages went with it).
+  // once the topic was deleted or purged (its messages went with it); Errc::closed when the subscription
+  // was lost and could not be taken up again.
   Result<Sample> receive(std::chrono::nanoseconds timeout);
   std::string topic() const;
   std::uint32_t slot() const;
@@ -194,12 +230,13 @@ class Producer {
   Result<Loan> loan(std::size_t size, std::chrono::nanoseconds timeout = std::chrono::seconds(1));
   // Enqueue; when the queue is full waits up to `timeout` (back-pressure), then Errc::timed_out and the
   // message is not enqueued.
-  Status publish(Loan&& loan, const Attributes& attrs = {},
+  Status publish(Loan&& loan, AttrList attrs = {},
                  std::chrono::nanoseconds timeout = std::chrono::seconds(1));
-  Status publish(std::span<const std::byte> bytes, const Attributes& attrs = {},
+  Status publish(std::span<const std::byte> bytes, AttrList attrs = {},
                  std::chrono::nanoseconds timeout = std::chrono::seconds(1));
-  Status publish(std::string_view text, const Attributes& attrs = {},
+  Status publish(std::string_view text, AttrList attrs = {},
                  std::chrono::nanoseconds timeout = std::chrono::seconds(1));
+  PublishStatus try_publish(std::span<const std::byte> bytes, AttrList attrs = {}) noexcept;
   std::string topic() const;
   std::size_t max_size() const;
 
@@ -207,6 +244,10 @@ class Producer {
   friend class Client;
   explicit Producer(std::shared_ptr<detail::PortState> p) : p_(std::move(p)) {}
   std::shared_ptr<detail::PortState> p_;
+};
+
+struct ConsumerOptions {
+  std::uint32_t spin = 0;  // busy-poll iterations before parking in receive()
 };
 
 class Consumer {
@@ -232,10 +273,10 @@ class Client {
   Client& operator=(Client&&) noexcept;
   ~Client();
 
-  Result<Publisher> publisher(std::string_view topic);
+  Result<Publisher> publisher(std::string_view topic, const PublisherOptions& options = {});
   Result<Subscriber> subscriber(std::string_view topic, const SubscriberOptions& options = {});
   Result<Producer> producer(std::string_view topic);
-  Result<Consumer> consumer(std::string_view topic);
+  Result<Consumer> consumer(std::string_view topic, const ConsumerOptions& options = {});
 
   Status create_topic(std::string_view name, const TopicOptions& options);
   Status delete_topic(std::string_view name);
