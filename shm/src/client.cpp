@@ -339,6 +339,9 @@ Status publish_error(const PortState& p, PublishStatus st, std::size_t size = 0)
     case PublishStatus::no_subscribers:
       return {};
     case PublishStatus::missed_by_some:
+      // Drop-oldest: a subscriber that falls behind loses messages by design and learns how many from
+      // its missed count; the publish succeeded. Block: the timeout passed, which is the caller's error.
+      if (p.topic->overflow() == Overflow::drop_oldest) return {};
       return Error(Errc::timed_out,
                    "stream " + qname(p.name) + ": some subscribers stayed full and missed the message");
     case PublishStatus::full:
@@ -507,7 +510,10 @@ std::span<const std::byte> Sample::bytes() const {
   switch (where_) {
     case Where::copy:
       return {r_.bytes, r_.size};
-    case Where::stream_chunk:
+    case Where::stream_chunk: {  // the sizes came in the connection's slot: the chunk's header stays cold
+      const TopicHandle& t = *port_->topic;
+      return {t.payload(r_.chunk), std::min<std::size_t>(r_.size, t.max_size())};
+    }
     case Where::queue_chunk: {
       const TopicHandle& t = *port_->topic;
       const std::size_t n = std::min<std::size_t>(t.header(r_.chunk)->payload_size, t.max_size());
@@ -521,7 +527,10 @@ std::span<const std::byte> Sample::attr_bytes() const {
   switch (where_) {
     case Where::copy:
       return {r_.bytes + r_.size, r_.attrs_size};
-    case Where::stream_chunk:
+    case Where::stream_chunk: {
+      const TopicHandle& t = *port_->topic;
+      return {t.attrs(r_.chunk), std::min<std::size_t>(r_.attrs_size, t.attrs_max())};
+    }
     case Where::queue_chunk: {
       const TopicHandle& t = *port_->topic;
       return {t.attrs(r_.chunk), std::min<std::size_t>(t.header(r_.chunk)->attrs_size, t.attrs_max())};

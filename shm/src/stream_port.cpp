@@ -129,6 +129,16 @@ void StreamPublisher::refresh(std::uint64_t gen) noexcept {
         closing_.size() < closing_.capacity())
       closing_.push_back(c);  // it left the table: finish it (every reference back), then say closed
   conns_.swap(scratch_);
+  // A connection made and closed again between two of our refreshes never reached us: we wrote nothing
+  // to it and hold no reference on it, so it is done as far as we are concerned.
+  for (std::uint32_t k = 0; k < view_->conn_capacity; ++k) {
+    ConnectionShared* cs = view_->conn(k);
+    if (cs->state.load(std::memory_order_relaxed) != kConnClosing || cs->pub != slot_ ||
+        cs->closed.load(std::memory_order_relaxed) != 0 ||
+        std::any_of(closing_.begin(), closing_.end(), [&](const Conn& c) { return c.k == k; }))
+      continue;
+    cs->closed.store(1, std::memory_order_release);
+  }
   gen_ = gen;
   // Release: we push to none of the removed connections from now on; the broker may finish them.
   ps_->seen_generation.store(gen, std::memory_order_release);
@@ -230,12 +240,15 @@ bool StreamPublisher::room(Conn& c, bool chunk_message, const Deadline& deadline
   EventCount ec(&ps_->space);
   const auto left = deadline.left();
   if (left <= std::chrono::nanoseconds::zero()) return false;
-  return ec.await(
+  // Also done when the connection stops being active (its subscriber left or died; the broker notifies
+  // `space` after closing it): the message is then missed by that subscriber only.
+  (void)ec.await(
       [&] {
         c.cached_tail = c.c->tail.load(std::memory_order_acquire);  // S2'
-        return c.head - c.cached_tail < depth;
+        return c.head - c.cached_tail < depth || c.c->state.load(std::memory_order_relaxed) != kConnActive;
       },
       left);
+  return c.head - c.cached_tail < depth;
 }
 
 template <typename Write>
@@ -281,7 +294,9 @@ SendStatus StreamPublisher::fan_out(bool chunk_message, std::uint32_t chunk, con
   std::atomic_thread_fence(std::memory_order_seq_cst);
   for (Conn& c : conns_) EventCount(c.wake).notify_fenced();
   if (chunk_message && refs_[chunk] == 0) recycle(chunk);
-  if (++since_drain_ >= kDrainEvery) drain_all();
+  // Take returned chunks now, after the message is out, when the next loan would otherwise have to
+  // (its read of the completion cells would then be a cross-core miss before the payload is written).
+  if (++since_drain_ >= kDrainEvery || (chunk_message && cache_.empty())) drain_all();
   return missed ? SendStatus::some_missed : SendStatus::ok;
 }
 
@@ -297,15 +312,19 @@ SendStatus StreamPublisher::publish(const std::byte* data, std::size_t n, AttrLi
   if (n + asz + stamp <= kStreamInlineRoom) {
     const std::uint64_t ts = stamp_ ? realtime_ns() : 0;
     return fan_out(false, 0, deadline, [&](StreamSlotHeader* h, std::byte* p) {
-      h->size = static_cast<std::uint32_t>(n);
-      h->flags = static_cast<std::uint16_t>(kSlotInline | (stamp_ ? kSlotStamped : 0));
-      h->attrs_size = static_cast<std::uint16_t>(asz);
+      // Payload first, header last: the header's stores then go out together with the seq store (S1)
+      // that follows, on the line the subscriber polls. Header first, a message reaching the slot's
+      // second line made the first line travel to the publisher twice (the subscriber's polling takes it
+      // back while the second line's store waits): 64-byte round trip 890 -> 440 ns, shmbus-pingpong.
       if (stamp_) {
         std::memcpy(p, &ts, 8);
         p += 8;
       }
       std::memcpy(p, data, n);
       if (asz != 0) encode_attrs(attrs, p + n);
+      h->size = static_cast<std::uint32_t>(n);
+      h->flags = static_cast<std::uint16_t>(kSlotInline | (stamp_ ? kSlotStamped : 0));
+      h->attrs_size = static_cast<std::uint16_t>(asz);
     });
   }
   std::uint32_t chunk;
@@ -327,17 +346,13 @@ SendStatus StreamPublisher::publish_chunk(std::uint32_t chunk, std::size_t n, At
     recycle(chunk);
     return SendStatus::too_large;
   }
-  MessageHeader* mh = topic_->header(chunk);
-  mh->seq = seq_ + 1;
-  mh->publisher = id_;
-  mh->timestamp_ns = stamp_ ? realtime_ns() : 0;
-  mh->payload_size = static_cast<std::uint32_t>(n);
-  mh->attrs_size = static_cast<std::uint32_t>(asz);
-  mh->flags = 0;
+  // The connection's slot carries size, attribute size and sequence: the chunk's header line is written
+  // (and read) only for a timestamp, so an unstamped message costs its payload's lines alone.
+  if (stamp_) topic_->header(chunk)->timestamp_ns = realtime_ns();
   if (asz != 0) encode_attrs(attrs, topic_->attrs(chunk));
   return fan_out(true, chunk, deadline, [&](StreamSlotHeader* h, std::byte* p) {
     h->size = static_cast<std::uint32_t>(n);
-    h->flags = kSlotChunk;
+    h->flags = static_cast<std::uint16_t>(kSlotChunk | (stamp_ ? kSlotStamped : 0));
     h->attrs_size = static_cast<std::uint16_t>(asz);
     StreamChunkRef ref{chunk, 0};
     std::memcpy(p, &ref, sizeof ref);
@@ -495,8 +510,10 @@ bool StreamSubscriber::try_receive(Received& out) noexcept {
       const std::uint64_t seq = h->seq.load(std::memory_order_acquire);  // S1': pairs with S1
       if (seq != c.tail) {
         if (seq == kSlotBusy || seq > c.tail) {
-          // Overwritten (drop-oldest): this message is lost for us; the next one's sequence says so.
-          ++c.tail;
+          // Overwritten (drop-oldest): this message is lost for us; the next one's sequence says so. The
+          // slot holds position seq, so every position up to seq - depth is overwritten too: skip them in
+          // one step (a subscriber many laps behind does not walk the laps).
+          c.tail = seq != kSlotBusy && seq - c.tail >= view_->depth ? seq - view_->depth + 1 : c.tail + 1;
           c.c->tail.store(c.tail, std::memory_order_release);  // S2
           continue;
         }
@@ -536,6 +553,12 @@ bool StreamSubscriber::try_receive(Received& out) noexcept {
       } else if (flags & kSlotChunk) {
         StreamChunkRef ref;
         std::memcpy(&ref, slot + sizeof(StreamSlotHeader), sizeof ref);
+        if (validate_) {
+          // S3' as for an inline message: a drop-oldest publisher may have overwritten the slot (it held an
+          // inline message when we loaded seq) while we read flags and chunk. Not ours then: skip it.
+          std::atomic_thread_fence(std::memory_order_acquire);
+          if (h->seq.load(std::memory_order_relaxed) != c.tail) continue;  // re-read from the top
+        }
         if (ref.chunk >= chunks) {  // a damaged slot: skip it
           ++c.tail;
           c.c->tail.store(c.tail, std::memory_order_release);
@@ -552,7 +575,9 @@ bool StreamSubscriber::try_receive(Received& out) noexcept {
         out.is_chunk = true;
         out.chunk = ref.chunk;
         out.conn = c.k;
-        out.timestamp_ns = topic_->header(ref.chunk)->timestamp_ns;
+        // The chunk's header line only when there is a stamp to read: otherwise the payload is all the
+        // subscriber touches.
+        if (flags & kSlotStamped) out.timestamp_ns = topic_->header(ref.chunk)->timestamp_ns;
       } else {
         ++c.tail;  // neither: a damaged slot
         c.c->tail.store(c.tail, std::memory_order_release);
@@ -592,19 +617,26 @@ bool StreamSubscriber::push_completion(Conn& c, std::uint32_t chunk) noexcept {
 }
 
 void StreamSubscriber::let_go(std::uint32_t chunk) noexcept {
-  // Its publisher still active: the connection left our table because the broker closed our slot, and
-  // the broker gives back on it what our held bits name: leave the bit. Its publisher gone: nobody
-  // takes the chunk back; clear the bit, and the broker frees the chunk once nobody holds it.
+  // The connection left our table: the broker closed our slot, or the publisher is gone. The broker
+  // may write these words now too (it gives back what we released), hence read-modify-writes, and
+  // release: our reads of the chunk are done before the broker acts on the bit.
+  const std::uint64_t bit = 1ULL << (chunk % 64);
   const std::uint64_t o = topic_->pool().header(chunk).owner.load(std::memory_order_relaxed);
   const std::uint64_t pub = o & 0xffffffffULL;
   if (is_slot_owner(o) && pub < view_->max_publishers &&
-      view_->pubs[pub].state.load(std::memory_order_relaxed) == kPubActive)
+      view_->pubs[pub].state.load(std::memory_order_relaxed) == kPubActive) {
+    // Its publisher lives: mark it released; the broker gives it back on the closing connection.
+    view_->rel_of(slot_)[chunk / 64].fetch_or(bit, std::memory_order_release);
     return;
-  set_held(chunk, false);
+  }
+  // Its publisher is gone: clear the bit; the broker frees the chunk once nobody holds it.
+  held_[chunk / 64].fetch_and(~bit, std::memory_order_release);
 }
 
 void StreamSubscriber::release(std::uint32_t k, std::uint32_t chunk) noexcept {
   if (chunk >= topic_->pool().chunk_count()) return;
+  // G1': a connection the broker took away is not ours to push to any more (it may be another pair's now).
+  if (const std::uint64_t gen = view_->generation->load(std::memory_order_acquire); gen != gen_) refresh(gen);
   Conn* c = find(k);
   if (c == nullptr) {
     let_go(chunk);

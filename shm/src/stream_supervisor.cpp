@@ -29,11 +29,29 @@ bool StreamSupervisor::held(std::uint32_t sub, std::uint32_t chunk) const {
 }
 
 void StreamSupervisor::set_held(std::uint32_t sub, std::uint32_t chunk, bool on) {
-  // Only for a subscriber that is gone: nobody else writes its bits now.
-  std::atomic<std::uint64_t>& w = v_.held_of(sub)[chunk / 64];
+  // Read-modify-write: a subscriber whose slot we closed while it lives may clear other bits of the same
+  // word meanwhile (the chunks of gone publishers it lets go of, StreamSubscriber::let_go). The released
+  // bit goes with the held one.
   const std::uint64_t bit = 1ULL << (chunk % 64);
-  const std::uint64_t cur = w.load(std::memory_order_relaxed);
-  w.store(on ? (cur | bit) : (cur & ~bit), std::memory_order_relaxed);
+  if (on) {
+    v_.held_of(sub)[chunk / 64].fetch_or(bit, std::memory_order_relaxed);
+  } else {
+    v_.held_of(sub)[chunk / 64].fetch_and(~bit, std::memory_order_relaxed);
+    v_.rel_of(sub)[chunk / 64].fetch_and(~bit, std::memory_order_relaxed);
+  }
+}
+
+bool StreamSupervisor::released(std::uint32_t sub, std::uint32_t chunk) const {
+  // Acquire: pairs with the subscriber's release in let_go(): its reads of the chunk are done.
+  return (v_.rel_of(sub)[chunk / 64].load(std::memory_order_acquire) >> (chunk % 64)) & 1;
+}
+
+bool StreamSupervisor::holds_any(std::uint32_t sub) const {
+  for (std::uint64_t w = 0; w < v_.held_words; ++w)
+    if ((v_.held_of(sub)[w].load(std::memory_order_relaxed) &
+         ~v_.rel_of(sub)[w].load(std::memory_order_acquire)) != 0)
+      return true;
+  return false;
 }
 
 std::uint64_t StreamSupervisor::true_head(std::uint32_t k) const {
@@ -196,7 +214,7 @@ Result<std::uint32_t> StreamSupervisor::attach_subscriber(OwnerId owner, std::ui
         !last.valid() || liveness(last) == Liveness::dead)
       EventCount(&ss.ec).reset_sleepers();
     std::atomic<std::uint64_t>* bits = v_.held_of(j);
-    for (std::uint64_t w = 0; w < v_.held_words; ++w) bits[w].store(0, std::memory_order_relaxed);
+    for (std::uint64_t w = 0; w < 2 * v_.held_words; ++w) bits[w].store(0, std::memory_order_relaxed);
     ss.taking.cc.store(0, std::memory_order_relaxed);
     ss.releasing.cc.store(0, std::memory_order_relaxed);
     ss.seen_generation.store(0, std::memory_order_relaxed);
@@ -266,9 +284,17 @@ void StreamSupervisor::close_subscriber(std::uint32_t j, bool quiet) {
     }
   }
   bump();
+  // A publisher blocked for room in one of these connections (overflow block) stops waiting: its
+  // predicate sees the connection closing (stream_port.cpp, room()).
+  for (std::uint32_t k = 0; k < v_.conn_capacity; ++k) {
+    const ConnectionShared* cs = v_.conn(k);
+    if (cs->state.load(std::memory_order_relaxed) == kConnClosing && cs->sub == j &&
+        cs->pub < v_.max_publishers)
+      EventCount(&v_.pubs[cs->pub].space).notify();
+  }
 }
 
-bool StreamSupervisor::return_refs(std::uint32_t k, std::uint32_t* returned) {
+bool StreamSupervisor::return_refs(std::uint32_t k, std::uint32_t* returned, bool live) {
   ConnectionShared* cs = v_.conn(k);
   const std::uint32_t j = cs->sub;
   const OwnerId pub_owner = slot_owner(cs->pub);
@@ -285,12 +311,20 @@ bool StreamSupervisor::return_refs(std::uint32_t k, std::uint32_t* returned) {
   }
   // A step of ours a killed broker left: its chunk is no longer counted where it was (the tail moved past
   // its entry, or its held bit is clear), so the completion must go out, once.
+  // The step is redone whole: its take (idempotent: the tail past its entry, the held bit clear), then
+  // the completion unless it is out.
   if (const std::uint64_t rc = cs->ret_chunk.load(std::memory_order_relaxed); rc != 0) {
     const std::uint64_t p = cs->ret_pos.load(std::memory_order_relaxed);
-    if (rc - 1 < chunks && !completion_at(v_.comp_cell(k, p).load(std::memory_order_acquire), p)) {
-      v_.comp_cell(k, p).store(completion_cell(p, static_cast<std::uint32_t>(rc - 1)),
-                               std::memory_order_release);
-      ++*returned;
+    const std::uint64_t entry = cs->ret_entry.load(std::memory_order_relaxed);
+    if (rc - 1 < chunks) {
+      const auto chunk = static_cast<std::uint32_t>(rc - 1);
+      if (entry != kNoSeq && cs->tail.load(std::memory_order_relaxed) == entry)
+        cs->tail.store(entry + 1, std::memory_order_relaxed);
+      if (held(j, chunk)) set_held(j, chunk, false);
+      if (!completion_at(v_.comp_cell(k, p).load(std::memory_order_acquire), p)) {
+        v_.comp_cell(k, p).store(completion_cell(p, chunk), std::memory_order_release);
+        ++*returned;
+      }
     }
     cs->ret_chunk.store(0, std::memory_order_relaxed);
   }
@@ -299,7 +333,7 @@ bool StreamSupervisor::return_refs(std::uint32_t k, std::uint32_t* returned) {
   bool full = false;
   // One step: record it, take the chunk from where it was counted (`take`), write the completion (C1),
   // clear the record. Relaxed record stores: only brokers read them, one at a time, after a restart.
-  auto give_back = [&](std::uint32_t chunk, auto&& take) {
+  auto give_back = [&](std::uint32_t chunk, std::uint64_t entry, auto&& take) {
     if (pos - comp_tail >= v_.comp_depth) {
       comp_tail = cs->comp_tail.load(std::memory_order_acquire);
       if (pos - comp_tail >= v_.comp_depth) {
@@ -308,6 +342,7 @@ bool StreamSupervisor::return_refs(std::uint32_t k, std::uint32_t* returned) {
       }
     }
     cs->ret_pos.store(pos, std::memory_order_relaxed);
+    cs->ret_entry.store(entry, std::memory_order_relaxed);
     cs->ret_chunk.store(std::uint64_t{chunk} + 1, std::memory_order_relaxed);
     take();
     SHMBUS_FAULT_POINT("stream.return.after_take");
@@ -321,6 +356,12 @@ bool StreamSupervisor::return_refs(std::uint32_t k, std::uint32_t* returned) {
   // marked held was being taken when the subscriber died: one reference, given back once).
   std::uint64_t tail = cs->tail.load(std::memory_order_relaxed);
   const std::uint64_t head = true_head(k);
+  // Under drop-oldest the tail of a stopped subscriber may lag by any number of laps: only the last
+  // `depth` positions can still hold entries.
+  if (head > v_.depth && tail < head - v_.depth) {
+    tail = head - v_.depth;
+    cs->tail.store(tail, std::memory_order_relaxed);
+  }
   for (; tail < head; ++tail) {
     const StreamSlotHeader* h = header_at(v_.slot(k, tail));
     StreamChunkRef ref{};
@@ -332,7 +373,7 @@ bool StreamSupervisor::return_refs(std::uint32_t k, std::uint32_t* returned) {
       cs->tail.store(tail + 1, std::memory_order_relaxed);
       continue;
     }
-    if (!give_back(ref.chunk, [&] {
+    if (!give_back(ref.chunk, tail, [&] {
           cs->tail.store(tail + 1, std::memory_order_relaxed);
           if (held(j, ref.chunk)) set_held(j, ref.chunk, false);
         }))
@@ -341,9 +382,10 @@ bool StreamSupervisor::return_refs(std::uint32_t k, std::uint32_t* returned) {
   // What it held, of this publisher.
   if (!full) {
     for (std::uint32_t c = 0; c < chunks; ++c) {
-      if (!held(j, c) || t_.pool().header(c).owner.load(std::memory_order_acquire) != pub_owner.value)
+      if (!held(j, c) || t_.pool().header(c).owner.load(std::memory_order_acquire) != pub_owner.value ||
+          (live && !released(j, c)))  // a live subscriber's sample: it comes back when it is let go of
         continue;
-      if (!give_back(c, [&] { set_held(j, c, false); })) break;
+      if (!give_back(c, kNoSeq, [&] { set_held(j, c, false); })) break;
     }
   }
   cs->comp_head.store(pos, std::memory_order_relaxed);
@@ -356,6 +398,19 @@ void StreamSupervisor::collect_retired(std::uint32_t i, StreamSweep& s) {
   const std::uint32_t chunks = pool.chunk_count();
   std::vector<bool> referenced(chunks, false);
   bool any_owned = false;
+  // A publisher killed inside a push to the pool's free ring leaves a chunk stamped queued by its slot
+  // identity but in no ring: take and free it (as ChunkPool::reclaim does for a dead process).
+  const OwnerId me = t_.identity();
+  for (std::uint32_t c = 0; c < chunks; ++c) {
+    std::uint64_t o = pool.header(c).owner.load(std::memory_order_acquire);
+    if (!ChunkPool::is_queued(o) || pool.header(c).pusher.load(std::memory_order_relaxed) != owner.value ||
+        pool.in_ring(c))
+      continue;
+    if (!pool.header(c).owner.compare_exchange_strong(o, me.value, std::memory_order_acq_rel)) continue;
+    SHMBUS_FAULT_POINT("stream.collect.after_take");
+    pool.release(c);
+    ++s.chunks_freed;
+  }
   for (std::uint32_t c = 0; c < chunks && !any_owned; ++c)
     any_owned = pool.header(c).owner.load(std::memory_order_relaxed) == owner.value;
   if (!any_owned) return;
@@ -366,7 +421,9 @@ void StreamSupervisor::collect_retired(std::uint32_t i, StreamSweep& s) {
     const std::uint32_t st = cs->state.load(std::memory_order_relaxed);
     if (st == kConnFree || cs->pub != i) continue;
     const std::uint64_t head = true_head(k);
-    for (std::uint64_t p = cs->tail.load(std::memory_order_acquire); p < head; ++p) {
+    std::uint64_t from = cs->tail.load(std::memory_order_acquire);
+    if (head > v_.depth && from < head - v_.depth) from = head - v_.depth;  // only the last lap holds entries
+    for (std::uint64_t p = from; p < head; ++p) {
       const StreamSlotHeader* h = header_at(v_.slot(k, p));
       if (h->seq.load(std::memory_order_acquire) != p || !(h->flags & kSlotChunk)) continue;
       StreamChunkRef ref;
@@ -378,8 +435,10 @@ void StreamSupervisor::collect_retired(std::uint32_t i, StreamSweep& s) {
     const std::uint32_t st = v_.subs[j].state.load(std::memory_order_relaxed);
     if (st == kSlotFree) continue;
     std::atomic<std::uint64_t>* bits = v_.held_of(j);
+    std::atomic<std::uint64_t>* rel = v_.rel_of(j);
     for (std::uint64_t w = 0; w < v_.held_words; ++w) {
-      std::uint64_t word = bits[w].load(std::memory_order_relaxed);
+      // Held and not let go of (released bits: a subscriber we closed is done with the chunk).
+      std::uint64_t word = bits[w].load(std::memory_order_relaxed) & ~rel[w].load(std::memory_order_acquire);
       while (word != 0) {
         const auto b = static_cast<std::uint32_t>(std::countr_zero(word));
         word &= word - 1;
@@ -388,7 +447,6 @@ void StreamSupervisor::collect_retired(std::uint32_t i, StreamSweep& s) {
       }
     }
   }
-  const OwnerId me = t_.identity();
   for (std::uint32_t c = 0; c < chunks; ++c) {
     std::uint64_t o = pool.header(c).owner.load(std::memory_order_acquire);
     if (o != owner.value || referenced[c]) continue;
@@ -421,11 +479,15 @@ StreamSweep StreamSupervisor::sweep() {
       // And the subscriber reads k no more: it stopped by itself, it is dead, or it acked the close.
       if (cs->sub >= v_.max_subscribers) continue;
       const SubscriberSlot& ss = v_.subs[cs->sub];
-      if (ss.quiet.load(std::memory_order_relaxed) == 0 &&
-          ss.seen_generation.load(std::memory_order_acquire) < ss.close_gen.load(std::memory_order_relaxed) &&
-          liveness(OwnerId{ss.owner.load(std::memory_order_relaxed)}) != Liveness::dead)
+      // Live: we closed the slot of a subscriber that did not ask (SubscriberSlot::quiet). Its unread
+      // entries are ours to give back once it acked, but the samples it holds are not: each comes back
+      // when it lets go of it (a released bit), or all at once if it dies.
+      const bool live = ss.quiet.load(std::memory_order_relaxed) == 0 &&
+                        liveness(OwnerId{ss.owner.load(std::memory_order_relaxed)}) != Liveness::dead;
+      if (live &&
+          ss.seen_generation.load(std::memory_order_acquire) < ss.close_gen.load(std::memory_order_relaxed))
         continue;
-      (void)return_refs(k, &s.chunks_returned);
+      (void)return_refs(k, &s.chunks_returned, live);
       if (cs->closed.load(std::memory_order_acquire) == 1) {  // every reference is back with the publisher
         free_conn(k);
         ++s.conns_freed;
@@ -437,7 +499,9 @@ StreamSweep StreamSupervisor::sweep() {
         ++s.conns_freed;
         continue;
       }
-      if (cs->tail.load(std::memory_order_acquire) != true_head(k)) continue;  // still being read
+      // Still being read? (>=: a publisher killed inside an overwrite leaves its slot busy at the head,
+      // and the subscriber steps past it.)
+      if (cs->tail.load(std::memory_order_acquire) < true_head(k)) continue;
       // Drained: out of the subscriber's table; freed once it acked that.
       if (v_.sub_conn_at(cs->sub, cs->pub).load(std::memory_order_relaxed) == k)
         v_.sub_conn_at(cs->sub, cs->pub).store(kNoConn, std::memory_order_relaxed);
@@ -484,10 +548,15 @@ StreamSweep StreamSupervisor::sweep() {
   for (std::uint32_t j = 0; j < v_.max_subscribers; ++j) {
     SubscriberSlot& ss = v_.subs[j];
     if (ss.state.load(std::memory_order_relaxed) != kSlotClosing || sub_busy[j] != 0) continue;
+    // A live subscriber we closed may still hold chunks of gone publishers: its bits keep them from being
+    // collected, so the slot (and its bits) stays until it lets go of them or dies.
+    if (ss.quiet.load(std::memory_order_relaxed) == 0 && holds_any(j) &&
+        liveness(OwnerId{ss.owner.load(std::memory_order_relaxed)}) != Liveness::dead)
+      continue;
     t_.shared()->delivered.fetch_add(ss.delivered.exchange(0, std::memory_order_relaxed),
                                      std::memory_order_relaxed);
     std::atomic<std::uint64_t>* bits = v_.held_of(j);
-    for (std::uint64_t w = 0; w < v_.held_words; ++w) bits[w].store(0, std::memory_order_relaxed);
+    for (std::uint64_t w = 0; w < 2 * v_.held_words; ++w) bits[w].store(0, std::memory_order_relaxed);
     ss.owner.store(0, std::memory_order_relaxed);
     ss.state.store(kSlotFree, std::memory_order_relaxed);
     ++s.slots_freed;

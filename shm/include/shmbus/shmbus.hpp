@@ -178,7 +178,9 @@ class Publisher {
   Result<Loan> loan(std::size_t size, std::chrono::nanoseconds timeout = std::chrono::seconds(1));
   // Publish to every current subscriber (a message with no subscriber succeeds and goes nowhere). Under
   // policy block, waits up to `timeout` for room; subscribers that stay full miss the message
-  // (Errc::timed_out is returned; the others got it).
+  // (Errc::timed_out is returned; the others got it). Under drop-oldest a subscriber that is behind
+  // loses its oldest message, or, when that one is a zero-copy chunk it may be reading, this one; it
+  // learns how many from Sample::missed(), and publish() succeeds.
   Status publish(Loan&& loan, AttrList attrs = {},
                  std::chrono::nanoseconds timeout = std::chrono::seconds(1));
   Status publish(std::span<const std::byte> bytes, AttrList attrs = {},

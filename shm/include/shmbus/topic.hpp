@@ -89,7 +89,7 @@ struct StreamView {
   std::byte* conns = nullptr;
   std::atomic<std::uint32_t>* pub_conn = nullptr;  // [max_publishers][max_subscribers]
   std::atomic<std::uint32_t>* sub_conn = nullptr;  // [max_subscribers][max_publishers]
-  std::atomic<std::uint64_t>* held = nullptr;      // [max_subscribers][held_words]
+  std::atomic<std::uint64_t>* held = nullptr;      // [max_subscribers][2][held_words]
   std::atomic<std::uint64_t>* generation = nullptr;
   std::uint32_t max_publishers = 0;
   std::uint32_t max_subscribers = 0;
@@ -118,9 +118,12 @@ struct StreamView {
   std::atomic<std::uint32_t>& sub_conn_at(std::uint32_t sub, std::uint32_t pub) const {
     return sub_conn[std::uint64_t{sub} * max_publishers + pub];
   }
+  // Per subscriber slot, two bitmaps of held_words words: the chunks it holds, then (rel_of) the held
+  // chunks it let go of after the broker closed its slot while it lived (see stream_layout.hpp).
   std::atomic<std::uint64_t>* held_of(std::uint32_t sub) const {
-    return held + std::uint64_t{sub} * held_words;
+    return held + std::uint64_t{sub} * 2 * held_words;
   }
+  std::atomic<std::uint64_t>* rel_of(std::uint32_t sub) const { return held_of(sub) + held_words; }
 };
 
 class TopicHandle {

@@ -21,6 +21,11 @@
 //  - the publisher of a connection: submission slots, `head`, `comp_tail`, `dropped`, `closed`;
 //  - the subscriber of a connection: `tail`, completion cells, `comp_head`, and in its SubscriberSlot the
 //    held bits and the taking/releasing records that let the broker return its chunks after a SIGKILL.
+//    When the broker closes the slot of a subscriber that lives on (it did not ask: a socket closed, a
+//    slot nobody claimed after a restart), the subscriber stops pushing completions once it acks the
+//    change; a sample it still holds, let go of later, sets its *released* bit (StreamView::rel_of) and
+//    the broker gives that chunk back on the closing connection. Until then the chunk stays out: a live
+//    sample is never handed to the publisher again.
 //
 // Chunk ownership. A stream publisher allocates chunks under its *slot identity* (slot_owner(i) below),
 // not its process identity: the chunks of publisher slot i are exactly those whose owner word says so,
@@ -57,6 +62,7 @@ namespace shmbus::detail {
 // ---- submission slots ----
 
 inline constexpr std::size_t kStreamSlotStride = 128;  // two hardware lines; a small message uses one
+inline constexpr std::size_t kSlotPair = 128;          // slots (and connections) start at this alignment
 inline constexpr std::uint64_t kSlotBusy = ~0ULL;      // seq while a publisher overwrites the slot (S3)
 
 struct StreamSlotHeader {
@@ -69,7 +75,8 @@ struct StreamSlotHeader {
 static_assert(sizeof(StreamSlotHeader) == 24);
 inline constexpr std::uint16_t kSlotInline = 1;   // payload (and attributes) follow the header
 inline constexpr std::uint16_t kSlotChunk = 2;    // a chunk index follows the header (StreamChunkRef)
-inline constexpr std::uint16_t kSlotStamped = 4;  // inline: an 8-byte timestamp precedes the payload
+inline constexpr std::uint16_t kSlotStamped = 4;  // stamped: inline, an 8-byte timestamp precedes the
+                                                  // payload; chunk, the MessageHeader's timestamp_ns
 
 struct StreamChunkRef {
   std::uint32_t chunk;
@@ -108,11 +115,13 @@ struct alignas(kCacheLine) ConnectionShared {
   std::uint32_t reserved0;
   std::atomic<std::uint64_t> closed_at_gen;  // the generation at which it started closing
   // The broker's step while it gives back a gone subscriber's chunk (StreamSupervisor::return_refs):
-  // the completion position it writes and chunk + 1 (0: none). A broker killed inside the step leaves
-  // it here, and the next one finishes it rather than giving the chunk back twice.
+  // the completion position it writes, chunk + 1 (0: none), and where the chunk was counted. A broker
+  // killed inside the step leaves it here, and the next one redoes it whole rather than giving the chunk
+  // back twice.
   std::atomic<std::uint64_t> ret_pos;
   std::atomic<std::uint64_t> ret_chunk;
-  std::uint8_t pad0[kCacheLine - 40];
+  std::atomic<std::uint64_t> ret_entry;  // the unread entry's position it takes over; kNoSeq: a held chunk
+  std::uint8_t pad0[kCacheLine - 48];
   // Line 1: the publisher's.
   alignas(kCacheLine) std::atomic<std::uint64_t> head;  // next position to write (after commit; relaxed)
   std::atomic<std::uint64_t> comp_tail;                 // next completion to read (C2)
@@ -128,8 +137,11 @@ struct alignas(kCacheLine) ConnectionShared {
   alignas(kCacheLine) std::atomic<std::uint64_t> tail;  // next position to read (S2)
   std::atomic<std::uint64_t> comp_head;                 // next completion to write (relaxed; recovery)
   std::uint8_t pad2[kCacheLine - 16];
+  // Line 3: nothing, so that the slots after it start on a 128-byte pair (see kSlotPair).
+  std::uint8_t pad3[kCacheLine];
 };
-static_assert(sizeof(ConnectionShared) == 3 * kCacheLine);
+static_assert(sizeof(ConnectionShared) == 4 * kCacheLine);
+static_assert(sizeof(ConnectionShared) % kSlotPair == 0);
 static_assert(offsetof(ConnectionShared, head) == kCacheLine);
 static_assert(offsetof(ConnectionShared, tail) == 2 * kCacheLine);
 static_assert(std::is_standard_layout_v<ConnectionShared>);

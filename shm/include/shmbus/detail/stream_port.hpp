@@ -83,6 +83,7 @@ class StreamPublisher {
   // A loan not published.
   void unloan(std::uint32_t chunk) noexcept { recycle(chunk); }
 
+  TopicHandle& topic() const { return *topic_; }
   std::uint32_t slot() const { return slot_; }
   std::uint64_t id() const { return id_; }
   std::uint64_t last_seq() const { return seq_; }

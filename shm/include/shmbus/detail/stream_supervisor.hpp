@@ -9,8 +9,10 @@
 // - closing: removed from both tables. Once the publisher's seen_generation shows it stopped writing to k,
 //   the broker gives back, on k's completion ring and as the gone subscriber would have, every chunk the
 //   subscriber did not return: the unread chunk entries and the chunks its held bits name (finishing a
-//   step it was killed in). The publisher drains them, then sets `closed`. The subscriber slot is free
-//   again once none of its connections is left.
+//   step it was killed in). A subscriber that lives on (the broker closed its slot without being asked)
+//   first acks the change; then its held chunks come back one by one as it lets go of them (released
+//   bits), and its slot stays closing until it holds nothing. The publisher drains them, then sets `closed`.
+//   The subscriber slot is free again once none of its connections is left.
 // - orphan: removed from the publisher's table; the subscriber keeps reading what was published, then
 //   the broker removes k from its table and frees k once the subscriber acked that generation. The
 //   retired publisher slot's chunks are freed one by one as soon as nothing refers to them (no unread
@@ -84,10 +86,13 @@ class StreamSupervisor {
   std::uint64_t true_head(std::uint32_t k) const;
   std::uint64_t true_comp_head(std::uint32_t k) const;
   // Give back on k everything its (gone) subscriber has not. False if the completion ring filled up.
-  bool return_refs(std::uint32_t k, std::uint32_t* returned);
+  // `live`: the subscriber lives (we closed its slot): give back only what it released (rel_of).
+  bool return_refs(std::uint32_t k, std::uint32_t* returned, bool live);
   void collect_retired(std::uint32_t pub, StreamSweep& s);
   bool held(std::uint32_t sub, std::uint32_t chunk) const;
   void set_held(std::uint32_t sub, std::uint32_t chunk, bool on);
+  bool released(std::uint32_t sub, std::uint32_t chunk) const;
+  bool holds_any(std::uint32_t sub) const;
 
   TopicHandle& t_;
   const StreamView& v_;

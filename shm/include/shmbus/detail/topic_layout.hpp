@@ -16,6 +16,8 @@ namespace shmbus {
 
 // ---- a message in a chunk ----
 
+// Queues fill every field. A stream's slot carries size, attribute size and sequence, so a stream
+// publisher writes only `timestamp_ns`, and only when it stamps (kSlotStamped in the slot).
 struct MessageHeader {
   std::uint64_t seq;           // the publisher's sequence number, from 1
   std::uint64_t publisher;     // the publisher's id
@@ -90,7 +92,8 @@ struct TopicShared {
   std::uint64_t comp_depth;       // completion cells per connection
   std::uint64_t pub_conn_offset;  // u32[max_publishers][max_subscribers]: connection or kNoConn
   std::uint64_t sub_conn_offset;  // u32[max_subscribers][max_publishers]
-  std::uint64_t held_offset;      // u64[max_subscribers][held_words]: chunks each subscriber holds
+  std::uint64_t held_offset;      // u64[max_subscribers][2][held_words]: chunks each subscriber holds,
+                                  // and those it let go of after a close (StreamView::rel_of)
   std::uint64_t held_words;
   std::uint32_t name_len;
   char name[kNameCap];
