@@ -135,8 +135,9 @@ void StreamPublisher::refresh(std::uint64_t gen) noexcept {
     ConnectionShared* cs = view_->conn(k);
     if (cs->state.load(std::memory_order_relaxed) != kConnClosing || cs->pub != slot_ ||
         cs->closed.load(std::memory_order_relaxed) != 0 ||
-        std::any_of(closing_.begin(), closing_.end(), [&](const Conn& c) { return c.k == k; }))
-      continue;
+        std::any_of(closing_.begin(), closing_.end(), [&](const Conn& c) { return c.k == k; }) ||
+        std::any_of(conns_.begin(), conns_.end(), [&](const Conn& c) { return c.k == k; }))
+      continue;  // ours (it closed after we read the table: the next refresh finishes it)
     cs->closed.store(1, std::memory_order_release);
   }
   gen_ = gen;
@@ -442,6 +443,16 @@ void StreamSubscriber::refresh(std::uint64_t gen) noexcept {
     }
   }
   conns_.swap(scratch_);
+  // Completions we could not push yet on connections that left the table: no longer ours to push.
+  std::size_t kept = 0;
+  for (std::size_t i = 0; i < pending_.size(); ++i) {
+    if (find(pending_[i].k) == nullptr) {
+      let_go(pending_[i].chunk);
+      continue;
+    }
+    pending_[kept++] = pending_[i];
+  }
+  pending_.resize(kept);
   next_ = 0;
   gen_ = gen;
   ss_->seen_generation.store(gen, std::memory_order_release);  // ack: we read none of the removed ones

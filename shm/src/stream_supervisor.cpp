@@ -438,7 +438,9 @@ void StreamSupervisor::collect_retired(std::uint32_t i, StreamSweep& s) {
     std::atomic<std::uint64_t>* rel = v_.rel_of(j);
     for (std::uint64_t w = 0; w < v_.held_words; ++w) {
       // Held and not let go of (released bits: a subscriber we closed is done with the chunk).
-      std::uint64_t word = bits[w].load(std::memory_order_relaxed) & ~rel[w].load(std::memory_order_acquire);
+      // Acquire: pairs with the subscriber's release when it cleared or released a bit (let_go): its
+      // reads of the chunk are done.
+      std::uint64_t word = bits[w].load(std::memory_order_acquire) & ~rel[w].load(std::memory_order_acquire);
       while (word != 0) {
         const auto b = static_cast<std::uint32_t>(std::countr_zero(word));
         word &= word - 1;
@@ -450,6 +452,12 @@ void StreamSupervisor::collect_retired(std::uint32_t i, StreamSweep& s) {
   for (std::uint32_t c = 0; c < chunks; ++c) {
     std::uint64_t o = pool.header(c).owner.load(std::memory_order_acquire);
     if (o != owner.value || referenced[c]) continue;
+    // A closed subscriber that released it leaves held + released bits: clear them (held first), or a
+    // later publisher that gets the chunk would be given it back on that subscriber's behalf. Only closed
+    // slots can have them, and there the subscriber writes its bits with read-modify-writes too.
+    for (std::uint32_t j = 0; j < v_.max_subscribers; ++j)
+      if (v_.subs[j].state.load(std::memory_order_relaxed) == kSlotClosing && held(j, c))
+        set_held(j, c, false);
     // Take it (the owner word names the slot, not a process: nobody else changes it now), then free it.
     if (!pool.header(c).owner.compare_exchange_strong(o, me.value, std::memory_order_acq_rel)) continue;
     SHMBUS_FAULT_POINT("stream.collect.after_take");
@@ -550,7 +558,10 @@ StreamSweep StreamSupervisor::sweep() {
     if (ss.state.load(std::memory_order_relaxed) != kSlotClosing || sub_busy[j] != 0) continue;
     // A live subscriber we closed may still hold chunks of gone publishers: its bits keep them from being
     // collected, so the slot (and its bits) stays until it lets go of them or dies.
-    if (ss.quiet.load(std::memory_order_relaxed) == 0 && holds_any(j) &&
+    // And it must have seen the close (acked), or it would go on using a slot that is someone else's.
+    if (ss.quiet.load(std::memory_order_relaxed) == 0 &&
+        (holds_any(j) ||
+         ss.seen_generation.load(std::memory_order_acquire) < ss.close_gen.load(std::memory_order_relaxed)) &&
         liveness(OwnerId{ss.owner.load(std::memory_order_relaxed)}) != Liveness::dead)
       continue;
     t_.shared()->delivered.fetch_add(ss.delivered.exchange(0, std::memory_order_relaxed),
