@@ -566,11 +566,27 @@ StreamSweep StreamSupervisor::sweep() {
       continue;
     t_.shared()->delivered.fetch_add(ss.delivered.exchange(0, std::memory_order_relaxed),
                                      std::memory_order_relaxed);
+    // A dead owner's threads may still be counted in the wake word (killed while parked): clear them
+    // now, whichever way its death was learned.
+    if (const OwnerId o{ss.owner.load(std::memory_order_relaxed)}; o.valid() && liveness(o) == Liveness::dead)
+      EventCount(&ss.ec).reset_sleepers();
     std::atomic<std::uint64_t>* bits = v_.held_of(j);
     for (std::uint64_t w = 0; w < 2 * v_.held_words; ++w) bits[w].store(0, std::memory_order_relaxed);
     ss.owner.store(0, std::memory_order_relaxed);
     ss.state.store(kSlotFree, std::memory_order_relaxed);
     ++s.slots_freed;
+  }
+  // A free slot's wake word may still count a thread of its last owner that was parked there when it
+  // died (it had moved to another slot, say): once that owner is dead, nobody else can be counted there.
+  for (std::uint32_t j = 0; j < v_.max_subscribers; ++j) {
+    SubscriberSlot& ss = v_.subs[j];
+    if (ss.state.load(std::memory_order_relaxed) != kSlotFree ||
+        (ss.ec.futex_sleepers.load(std::memory_order_relaxed) == 0 &&
+         ss.ec.fd_sleepers.load(std::memory_order_relaxed) == 0))
+      continue;
+    if (const OwnerId last{ss.last_owner.load(std::memory_order_relaxed)};
+        last.valid() && liveness(last) == Liveness::dead)
+      EventCount(&ss.ec).reset_sleepers();
   }
   for (std::uint32_t k = 0; k < v_.conn_capacity && !s.pending; ++k)
     s.pending = v_.conn(k)->state.load(std::memory_order_relaxed) != kConnFree &&
@@ -591,13 +607,20 @@ std::uint32_t StreamSupervisor::on_death(OwnerId dead) {
       retire_publisher(i);
       ++n;
     }
-  for (std::uint32_t j = 0; j < v_.max_subscribers; ++j)
-    if (v_.subs[j].state.load(std::memory_order_relaxed) == kSlotActive &&
-        v_.subs[j].owner.load(std::memory_order_relaxed) == dead.value) {
+  for (std::uint32_t j = 0; j < v_.max_subscribers; ++j) {
+    SubscriberSlot& ss = v_.subs[j];
+    if (ss.owner.load(std::memory_order_relaxed) != dead.value) continue;
+    if (ss.state.load(std::memory_order_relaxed) == kSlotActive) {
       close_subscriber(j, true);
-      EventCount(&v_.subs[j].ec).reset_sleepers();  // only the dead owner waited there
+      EventCount(&ss.ec).reset_sleepers();  // only the dead owner waited there
       ++n;
+    } else if (ss.state.load(std::memory_order_relaxed) == kSlotClosing) {
+      // Closed earlier (its socket closed first, say) and now dead: it reads nothing any more, and any
+      // count of it in the wake word is a dead thread's.
+      ss.quiet.store(1, std::memory_order_relaxed);
+      EventCount(&ss.ec).reset_sleepers();
     }
+  }
   return n;
 }
 

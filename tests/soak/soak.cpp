@@ -53,6 +53,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <optional>
 #include <random>
@@ -85,7 +86,8 @@ constexpr std::uint32_t kMaxWorkersPerRole = 8;
 constexpr std::uint32_t kQueueMagic = 0x51414f53;   // "SOAQ"
 constexpr std::uint32_t kStreamMagic = 0x53414f53;  // "SOAS"
 constexpr std::size_t kWireHeader = 24;             // magic, who, seq, tag
-constexpr std::size_t kMaxPayload = 64;             // the topics' max_size
+constexpr std::size_t kMaxPayload = 64;             // the queue's max_size
+constexpr std::size_t kStreamMaxPayload = 320;      // the stream's: above 104 bytes a message is a chunk
 
 // Child exit codes (besides 0, a graceful stop).
 constexpr int kExitNoConnect = 10;  // no broker accepted the connection within the deadline
@@ -239,7 +241,7 @@ void encode(std::byte* out, std::size_t len, std::uint32_t magic, std::uint32_t 
 }
 
 std::optional<Wire> decode(std::span<const std::byte> b, std::uint32_t magic) {
-  if (b.size() < kWireHeader || b.size() > kMaxPayload) return std::nullopt;
+  if (b.size() < kWireHeader || b.size() > kStreamMaxPayload) return std::nullopt;
   Wire w;
   std::memcpy(&w, b.data(), sizeof w);
   if (w.magic != magic || w.tag != tag_of(magic, w.who, w.seq, b.size())) return std::nullopt;
@@ -412,9 +414,10 @@ int run_publisher(std::mt19937_64& rng) {
   auto pub = open_port(Role::publisher, [&] { return client->publisher(kStream); });
   if (!pub) return 0;
   const std::uint32_t instance = g_env.sh->next_instance.fetch_add(1, std::memory_order_relaxed) + 1;
-  std::byte buf[kMaxPayload];
+  std::byte buf[kStreamMaxPayload];
   for (std::uint64_t seq = 1; !stopping(Role::publisher); ++seq) {
-    const std::size_t len = kWireHeader + rng() % (kMaxPayload - kWireHeader + 1);
+    // Inline (up to 104 bytes) and chunk messages, about half each.
+    const std::size_t len = kWireHeader + rng() % (kStreamMaxPayload - kWireHeader + 1);
     encode(buf, len, kStreamMagic, instance, seq);
     if (!pub->publish(std::span<const std::byte>(buf, len), {}, 200ms)) bump(kStreamTimeouts);
     bump(kStreamPublished);
@@ -435,7 +438,10 @@ int run_subscriber() {
   };
   std::unordered_map<std::uint32_t, Seen> seen;  // by publisher instance
   std::uint64_t gaps = 0, missed = 0, reported = 0;
+  // The last few samples stay held (zero-copy chunks among them), so that a SIGKILL finds some.
+  std::deque<shmbus::Sample> held;
   while (!stopping(Role::subscriber)) {
+    if (held.size() > 3) held.pop_front();
     auto s = sub->receive(100ms);
     if (!s) continue;
     bump(kStreamReceived);
@@ -470,6 +476,7 @@ int run_subscriber() {
       bump(kStreamUnexplained, unexplained - reported);
       reported = unexplained;
     }
+    held.push_back(std::move(*s));
   }
   return 0;
 }
@@ -746,7 +753,7 @@ bool Soak::create_topics() {
         c->create_topic(kQueue, {.kind = shmbus::TopicKind::queue, .depth = 64, .max_size = kMaxPayload});
     auto s = c->create_topic(kStream, {.kind = shmbus::TopicKind::stream,
                                        .depth = 64,
-                                       .max_size = kMaxPayload,
+                                       .max_size = kStreamMaxPayload,
                                        .overflow = shmbus::Overflow::drop_oldest,
                                        .max_subscribers = 8});
     if (!q || !s) {
