@@ -746,6 +746,32 @@ std::optional<Sample> Subscriber::try_receive() noexcept {
   return s;
 }
 
+std::size_t Subscriber::try_receive_batch_impl(void (*fn)(void*, Sample&), void* ctx, std::size_t max) {
+  detail::PortState& p = *p_;
+  if (const std::uint32_t ns = p.new_slot.load(std::memory_order_acquire); ns != detail::kNoSlot) {
+    p.new_slot.store(detail::kNoSlot, std::memory_order_relaxed);
+    detail::move_subscriber(p, ns);
+  }
+  if (p.topic->deleted()) return 0;
+  detail::StreamSubscriber& sub = *p.ssub;
+  // The batch ends (its tails go out) however f leaves: a throwing f must not strand a blocked publisher.
+  struct End {
+    detail::StreamSubscriber& s;
+    ~End() { s.end_batch(); }
+  } end{sub};
+  sub.begin_batch();
+  std::size_t n = 0;
+  for (; n < max; ++n) {
+    Sample s;
+    if (!sub.try_receive(s.r_)) break;
+    s.port_ = &p;
+    s.sub_ = &sub;
+    s.where_ = s.r_.is_chunk ? Sample::Where::stream_chunk : Sample::Where::copy;
+    fn(ctx, s);
+  }
+  return n;
+}
+
 Result<Sample> Subscriber::receive(std::chrono::nanoseconds timeout) {
   detail::PortState& p = *p_;
   if (p.topic->deleted()) return detail::topic_gone(p.name);  // its messages went with it

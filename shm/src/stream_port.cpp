@@ -220,6 +220,10 @@ SendStatus StreamPublisher::loan(std::uint32_t& chunk, const Deadline& deadline)
   }
 }
 
+// Block: pause-polls before parking. A subscriber that is reading frees room within microseconds (at the
+// end of its batch), and parking would add a futex wake-up (~5-40 us here) to every full ring.
+constexpr std::uint32_t kRoomSpin = 2000;
+
 bool StreamPublisher::room(Conn& c, bool chunk_message, const Deadline& deadline, bool* overwrite) noexcept {
   const std::uint64_t depth = view_->depth;
   if (c.head - c.cached_tail < depth) return true;
@@ -248,7 +252,7 @@ bool StreamPublisher::room(Conn& c, bool chunk_message, const Deadline& deadline
         c.cached_tail = c.c->tail.load(std::memory_order_acquire);  // S2'
         return c.head - c.cached_tail < depth || c.c->state.load(std::memory_order_relaxed) != kConnActive;
       },
-      left);
+      left, kRoomSpin);
   return c.head - c.cached_tail < depth;
 }
 
@@ -410,6 +414,7 @@ void StreamSubscriber::refresh(std::uint64_t gen) noexcept {
     c.pub = i;
     c.c = cs;
     c.tail = cs->tail.load(std::memory_order_relaxed);
+    c.shared_tail = c.tail;
     c.comp_head = cs->comp_head.load(std::memory_order_relaxed);
     c.cached_comp_tail = cs->comp_tail.load(std::memory_order_acquire);  // C2'
     c.pub_id = pub_id;
@@ -425,9 +430,11 @@ void StreamSubscriber::refresh(std::uint64_t gen) noexcept {
   }
   // Connections that left the table: remember how far their publishers got (read before the ack below,
   // after which the broker may free them).
-  for (const Conn& o : conns_)
-    if (std::none_of(scratch_.begin(), scratch_.end(), [&](const Conn& n) { return n.k == o.k; }))
+  for (Conn& o : conns_)
+    if (std::none_of(scratch_.begin(), scratch_.end(), [&](const Conn& n) { return n.k == o.k; })) {
       remember(o.pub_id, known_seq(o));
+      if (o.shared_tail != o.tail) publish_tail(o);  // before the ack: the broker reads it after
+    }
   if (closed_) {
     // Our slot was closed: connections made and closed while we did not look (we were stopped, say)
     // never reached our table. Where their publishers stood when they connected is what we know of them.
@@ -507,6 +514,18 @@ void StreamSubscriber::set_held(std::uint32_t chunk, bool on) noexcept {
   w.store(on ? (v | bit) : (v & ~bit), std::memory_order_relaxed);
 }
 
+void StreamSubscriber::publish_tail(Conn& c) noexcept {
+  c.shared_tail = c.tail;
+  c.c->tail.store(c.tail, std::memory_order_release);  // S2: the slots before it may be reused
+  if (block_) EventCount(c.space).notify();            // a publisher may wait for room
+}
+
+void StreamSubscriber::end_batch() noexcept {
+  batching_ = false;
+  for (Conn& c : conns_)
+    if (c.shared_tail != c.tail) publish_tail(c);
+}
+
 bool StreamSubscriber::try_receive(Received& out) noexcept {
   if (const std::uint64_t gen = view_->generation->load(std::memory_order_acquire); gen != gen_) refresh(gen);
   if (!pending_.empty()) retry_pending();
@@ -525,7 +544,7 @@ bool StreamSubscriber::try_receive(Received& out) noexcept {
           // slot holds position seq, so every position up to seq - depth is overwritten too: skip them in
           // one step (a subscriber many laps behind does not walk the laps).
           c.tail = seq != kSlotBusy && seq - c.tail >= view_->depth ? seq - view_->depth + 1 : c.tail + 1;
-          c.c->tail.store(c.tail, std::memory_order_release);  // S2
+          publish_tail(c);
           continue;
         }
         break;  // nothing new on this connection
@@ -554,13 +573,16 @@ bool StreamSubscriber::try_receive(Received& out) noexcept {
           std::atomic_thread_fence(std::memory_order_acquire);
           if (h->seq.load(std::memory_order_relaxed) != c.tail) {
             ++c.tail;
-            c.c->tail.store(c.tail, std::memory_order_release);  // S2
+            publish_tail(c);
             continue;
           }
         }
         out.is_chunk = false;
         ++c.tail;
-        c.c->tail.store(c.tail, std::memory_order_release);  // S2: the slot may be reused
+        // In a batch the tail goes out at its end (an inline message leaves nothing to recover, so a
+        // deferred tail costs nothing after a crash): a publisher waiting for room then writes a burst of
+        // slots rather than one line at a time behind us.
+        if (!batching_) publish_tail(c);
       } else if (flags & kSlotChunk) {
         StreamChunkRef ref;
         std::memcpy(&ref, slot + sizeof(StreamSlotHeader), sizeof ref);
@@ -572,7 +594,7 @@ bool StreamSubscriber::try_receive(Received& out) noexcept {
         }
         if (ref.chunk >= chunks) {  // a damaged slot: skip it
           ++c.tail;
-          c.c->tail.store(c.tail, std::memory_order_release);
+          publish_tail(c);
           continue;
         }
         // The taking step (stream_layout.hpp): record it, mark the chunk held, then move the tail.
@@ -581,7 +603,7 @@ bool StreamSubscriber::try_receive(Received& out) noexcept {
         set_held(ref.chunk, true);
         SHMBUS_FAULT_POINT("stream.sub.after_held");
         ++c.tail;
-        c.c->tail.store(c.tail, std::memory_order_release);  // S2: orders the held bit before it
+        publish_tail(c);  // S2: orders the held bit before it
         ss_->taking.cc.store(0, std::memory_order_relaxed);
         out.is_chunk = true;
         out.chunk = ref.chunk;
@@ -591,7 +613,7 @@ bool StreamSubscriber::try_receive(Received& out) noexcept {
         if (flags & kSlotStamped) out.timestamp_ns = topic_->header(ref.chunk)->timestamp_ns;
       } else {
         ++c.tail;  // neither: a damaged slot
-        c.c->tail.store(c.tail, std::memory_order_release);
+        publish_tail(c);
         continue;
       }
       // The first message of a connection counts from where the publisher stood when it connected (the
@@ -599,7 +621,6 @@ bool StreamSubscriber::try_receive(Received& out) noexcept {
       const std::uint64_t before = known_seq(c);
       out.missed = before != kNoSeq && pub_seq > before + 1 ? pub_seq - before - 1 : 0;
       c.last_seq = pub_seq;
-      if (block_) EventCount(c.space).notify();  // a publisher may wait for room
       ss_->delivered.store(++delivered_, std::memory_order_relaxed);
       next_ = idx + 1;
       return true;

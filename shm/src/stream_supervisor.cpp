@@ -689,6 +689,11 @@ std::uint32_t StreamSupervisor::adopt() {
     }
   }
   bump();  // every port re-reads its table once
+  // A publisher blocked for room (overflow block) in a connection this closed stops waiting, as after
+  // close_subscriber().
+  for (std::uint32_t i = 0; i < v_.max_publishers; ++i)
+    if (v_.pubs[i].state.load(std::memory_order_relaxed) == kPubActive)
+      EventCount(&v_.pubs[i].space).notify();
   return changed;
 }
 

@@ -147,6 +147,40 @@ TEST(StreamTest, BlockPolicyTimesOutThenResumesWhenTheSubscriberReads) {
   }
 }
 
+// A batch takes what is ready, in order, inline and chunk messages alike; a sample moved out of the callback
+// is kept; a publisher blocked on a full connection gets its room when the batch ends.
+TEST(StreamTest, ReceiveBatchTakesWhatIsReadyInOrderAndFreesRoomAtItsEnd) {
+  Bus bus;
+  auto client = bus.client();
+  TopicOptions o = stream(8, Overflow::block);
+  o.max_size = 300;
+  ASSERT_TRUE(client.create_topic("it.batch", o));
+  auto sub = client.subscriber("it.batch").value();
+  auto pub = client.publisher("it.batch").value();
+  auto body = [](int i) { return std::string(i % 2 == 0 ? 200 : 8, static_cast<char>('a' + i)); };
+  for (int i = 0; i < 8; ++i) ASSERT_TRUE(pub.publish(body(i), {{"i", i}}));
+  EXPECT_FALSE(pub.publish("full", {}, 0ms)) << "the connection is full";
+  std::vector<std::string> got;
+  std::optional<Sample> kept;
+  const std::size_t n = sub.try_receive_batch(
+      [&](Sample& s) {
+        got.emplace_back(s.text());
+        EXPECT_EQ(s.attr("i")->as_int(), static_cast<std::int64_t>(got.size() - 1));
+        if (got.size() == 2) kept.emplace(std::move(s));  // a chunk message, kept past the batch
+      },
+      4);
+  ASSERT_EQ(n, 4u);  // the last one inline: only the batch's end moves the tail past it
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(got[i], body(i));
+  ASSERT_TRUE(kept);
+  EXPECT_EQ(kept->text(), body(1));
+  // The batch is over: its 4 slots are free for the publisher now, without another receive.
+  for (int i = 8; i < 12; ++i) ASSERT_TRUE(pub.publish(body(i), {{"i", i}}, 0ms)) << i;
+  got.clear();
+  EXPECT_EQ(sub.try_receive_batch([&](Sample& s) { got.emplace_back(s.text()); }, 100), 8u);
+  for (int i = 0; i < 8; ++i) EXPECT_EQ(got[i], body(i + 4));
+  EXPECT_EQ(sub.try_receive_batch([&](Sample&) {}, 100), 0u);
+}
+
 TEST(StreamTest, ZeroCopyLoanIsReadInPlace) {
   Bus bus;
   auto client = bus.client();

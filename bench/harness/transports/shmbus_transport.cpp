@@ -5,9 +5,10 @@
 // with competing consumers. Streams use overflow drop-oldest (the default) for latency and block for the
 // one-way stream, so that no message is lost there.
 //
-// Modes: busy and copy spin on try_receive() and use the copy API (publish(bytes), copy out of the
-// sample); zero-copy spins on try_receive(), loans a chunk, writes 8 bytes in place and reads them in
-// place; spin-park and blocking call receive() (SubscriberOptions.spin iterations, then the futex).
+// Modes: busy and copy spin on try_receive() (the one-way stream: try_receive_batch()) and use the copy
+// API (publish(bytes), copy out of the sample); zero-copy spins on try_receive(), loans a chunk, writes 8
+// bytes in place and reads them in place; spin-park and blocking call receive() (SubscriberOptions.spin
+// iterations, then the futex).
 #include <sched.h>
 
 #include <optional>
@@ -125,6 +126,14 @@ class ShmbusIn {
     }
     if (phase == 1 && owner_)
       if (auto cl = client()) (void)(*cl)->delete_topic(c.name);
+  }
+  // Stream pattern, busy modes: take what is there as one batch (Subscriber::try_receive_batch: one tail
+  // store per batch), as floor-ring pops in batches. Otherwise one message.
+  template <class F>
+  void recv_batch(F&& f, std::size_t max) {
+    if (!sub_ || blocking_) return recv(f);
+    while (sub_->try_receive_batch([&](Sample& s) { deliver(s.bytes(), f); }, max) == 0) {
+    }
   }
   template <class F>
   void recv(F&& f) {

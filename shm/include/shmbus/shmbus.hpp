@@ -31,6 +31,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <type_traits>
 
 #include "shmbus/attributes.hpp"
 #include "shmbus/detail/stream_port.hpp"
@@ -215,12 +216,22 @@ class Subscriber {
   // once the topic was deleted or purged (its messages went with it); Errc::closed when the subscription
   // was lost and could not be taken up again.
   Result<Sample> receive(std::chrono::nanoseconds timeout);
+  // Up to `max` messages that are ready now, each handed to f(Sample&) in order (f may move it out to keep
+  // it); returns how many. The connection's read position goes out once per batch rather than once per
+  // message, so a fast reader costs its publishers less; a publisher blocked for room sees the room when
+  // the batch ends.
+  template <typename F>
+  std::size_t try_receive_batch(F&& f, std::size_t max) {
+    return try_receive_batch_impl(
+        [](void* ctx, Sample& s) { (*static_cast<std::remove_reference_t<F>*>(ctx))(s); }, &f, max);
+  }
   std::string topic() const;
   std::uint32_t slot() const;
 
  private:
   friend class Client;
   explicit Subscriber(std::shared_ptr<detail::PortState> p) : p_(std::move(p)) {}
+  std::size_t try_receive_batch_impl(void (*fn)(void*, Sample&), void* ctx, std::size_t max);
   std::shared_ptr<detail::PortState> p_;
 };
 

@@ -141,6 +141,11 @@ class StreamSubscriber {
 
   // Take the next message of any connection (round robin). False when none is ready.
   bool try_receive(Received& out) noexcept;
+  // Between these, inline messages move the connections' shared tails only at end_batch() (one store and
+  // one wake of a blocked publisher per connection and batch); chunk messages still move it at once (the
+  // broker's recovery reads it with the held bits).
+  void begin_batch() noexcept { batching_ = true; }
+  void end_batch() noexcept;
   // Give back a chunk message taken by try_receive().
   void release(std::uint32_t conn, std::uint32_t chunk) noexcept;
   EventCountShared* wake() const { return &ss_->ec; }
@@ -159,6 +164,7 @@ class StreamSubscriber {
     std::uint32_t pub;
     ConnectionShared* c;
     std::uint64_t tail;
+    std::uint64_t shared_tail;  // what the connection's `tail` says (behind `tail` inside a batch)
     std::uint64_t comp_head;
     std::uint64_t cached_comp_tail;
     std::uint64_t last_seq;  // kNoSeq: none seen yet
@@ -185,6 +191,7 @@ class StreamSubscriber {
   // A held chunk of a connection that is no longer ours to give back on.
   void let_go(std::uint32_t chunk) noexcept;
   bool push_completion(Conn& c, std::uint32_t chunk) noexcept;
+  void publish_tail(Conn& c) noexcept;
   void retry_pending() noexcept;
   Conn* find(std::uint32_t k) noexcept;
   void set_held(std::uint32_t chunk, bool on) noexcept;
@@ -196,6 +203,7 @@ class StreamSubscriber {
   std::uint32_t slot_ = 0;
   bool validate_ = false;  // drop-oldest: inline slots may be overwritten under us
   bool block_ = false;
+  bool batching_ = false;  // inside begin_batch() / end_batch()
   bool closed_ = false;
   std::uint64_t gen_ = ~0ULL;
   std::uint64_t delivered_ = 0;
