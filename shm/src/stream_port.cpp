@@ -380,6 +380,7 @@ Result<std::unique_ptr<StreamSubscriber>> StreamSubscriber::attach(std::shared_p
   s->slot_ = slot;
   s->validate_ = s->topic_->overflow() == Overflow::drop_oldest;
   s->block_ = s->topic_->overflow() == Overflow::block;
+  s->tail_batch_ = std::max<std::uint64_t>(1, s->view_->depth / 4);
   s->delivered_ = s->ss_->delivered.load(std::memory_order_relaxed);
   s->conns_.reserve(s->view_->max_publishers);
   s->scratch_.reserve(s->view_->max_publishers);
@@ -579,10 +580,11 @@ bool StreamSubscriber::try_receive(Received& out) noexcept {
         }
         out.is_chunk = false;
         ++c.tail;
-        // In a batch the tail goes out at its end (an inline message leaves nothing to recover, so a
-        // deferred tail costs nothing after a crash): a publisher waiting for room then writes a burst of
-        // slots rather than one line at a time behind us.
-        if (!batching_) publish_tail(c);
+        // In a batch the tail goes out every depth / 4 messages and at its end (an inline message leaves
+        // nothing to recover, so a deferred tail costs nothing after a crash): a publisher waiting for room
+        // then writes bursts of slots rather than one line at a time behind us, and is never held up by
+        // more than a quarter of the ring.
+        if (!batching_ || c.tail - c.shared_tail >= tail_batch_) publish_tail(c);
       } else if (flags & kSlotChunk) {
         StreamChunkRef ref;
         std::memcpy(&ref, slot + sizeof(StreamSlotHeader), sizeof ref);

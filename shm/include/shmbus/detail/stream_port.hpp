@@ -141,9 +141,9 @@ class StreamSubscriber {
 
   // Take the next message of any connection (round robin). False when none is ready.
   bool try_receive(Received& out) noexcept;
-  // Between these, inline messages move the connections' shared tails only at end_batch() (one store and
-  // one wake of a blocked publisher per connection and batch); chunk messages still move it at once (the
-  // broker's recovery reads it with the held bits).
+  // Between these, inline messages move the connections' shared tails every depth / 4 messages and at
+  // end_batch() (one store and one wake of a blocked publisher each); chunk messages still move it at once
+  // (the broker's recovery reads it with the held bits).
   void begin_batch() noexcept { batching_ = true; }
   void end_batch() noexcept;
   // Give back a chunk message taken by try_receive().
@@ -203,7 +203,8 @@ class StreamSubscriber {
   std::uint32_t slot_ = 0;
   bool validate_ = false;  // drop-oldest: inline slots may be overwritten under us
   bool block_ = false;
-  bool batching_ = false;  // inside begin_batch() / end_batch()
+  bool batching_ = false;         // inside begin_batch() / end_batch()
+  std::uint64_t tail_batch_ = 1;  // in a batch, the tail goes out every depth / 4 inline messages
   bool closed_ = false;
   std::uint64_t gen_ = ~0ULL;
   std::uint64_t delivered_ = 0;
