@@ -147,18 +147,9 @@ Result<std::uint32_t> StreamSupervisor::attach_publisher(OwnerId owner, std::uin
     ps.published.store(0, std::memory_order_relaxed);
     ps.seen_generation.store(0, std::memory_order_relaxed);
     EventCount(&ps.space).reset_sleepers();
-    std::vector<std::uint32_t> made;
-    for (std::uint32_t j = 0; j < v_.max_subscribers; ++j) {
-      if (v_.subs[j].state.load(std::memory_order_relaxed) != kSlotActive) continue;
-      auto k = alloc_conn(i, j);
-      if (!k) {
-        for (std::uint32_t m : made) free_conn(m);
-        ps.owner.store(0, std::memory_order_relaxed);
-        return k.error();
-      }
-      made.push_back(*k);
-      v_.pub_conn_at(i, j).store(*k, std::memory_order_relaxed);
-      v_.sub_conn_at(j, i).store(*k, std::memory_order_relaxed);
+    if (auto st = connect_to_peers(true, i); !st) {
+      ps.owner.store(0, std::memory_order_relaxed);
+      return st.error();
     }
     ps.state.store(kPubActive, std::memory_order_relaxed);
     SHMBUS_FAULT_POINT("stream.attach_publisher.before_bump");
@@ -168,6 +159,27 @@ Result<std::uint32_t> StreamSupervisor::attach_publisher(OwnerId owner, std::uin
   return Error(Errc::no_space, "topic " + quoted(t_.name()) + " has all its " +
                                    std::to_string(v_.max_publishers) +
                                    " publisher slots taken (raise max_publishers)");
+}
+
+Status StreamSupervisor::connect_to_peers(bool publisher, std::uint32_t slot) {
+  std::vector<std::uint32_t> made;
+  const std::uint32_t peers = publisher ? v_.max_subscribers : v_.max_publishers;
+  for (std::uint32_t x = 0; x < peers; ++x) {
+    const bool active = publisher ? v_.subs[x].state.load(std::memory_order_relaxed) == kSlotActive
+                                  : v_.pubs[x].state.load(std::memory_order_relaxed) == kPubActive;
+    if (!active) continue;
+    const std::uint32_t i = publisher ? slot : x;
+    const std::uint32_t j = publisher ? x : slot;
+    auto k = alloc_conn(i, j);
+    if (!k) {
+      for (std::uint32_t m : made) free_conn(m);
+      return k.error();
+    }
+    made.push_back(*k);
+    v_.pub_conn_at(i, j).store(*k, std::memory_order_relaxed);
+    v_.sub_conn_at(j, i).store(*k, std::memory_order_relaxed);
+  }
+  return {};
 }
 
 Status StreamSupervisor::reattach_publisher(std::uint32_t slot, OwnerId owner, std::uint64_t port) {
@@ -222,18 +234,9 @@ Result<std::uint32_t> StreamSupervisor::attach_subscriber(OwnerId owner, std::ui
     ss.owner.store(owner.value, std::memory_order_relaxed);
     ss.last_owner.store(owner.value, std::memory_order_relaxed);
     ss.port.store(port, std::memory_order_relaxed);
-    std::vector<std::uint32_t> made;
-    for (std::uint32_t i = 0; i < v_.max_publishers; ++i) {
-      if (v_.pubs[i].state.load(std::memory_order_relaxed) != kPubActive) continue;
-      auto k = alloc_conn(i, j);
-      if (!k) {
-        for (std::uint32_t m : made) free_conn(m);
-        ss.owner.store(0, std::memory_order_relaxed);
-        return k.error();
-      }
-      made.push_back(*k);
-      v_.pub_conn_at(i, j).store(*k, std::memory_order_relaxed);
-      v_.sub_conn_at(j, i).store(*k, std::memory_order_relaxed);
+    if (auto st = connect_to_peers(false, j); !st) {
+      ss.owner.store(0, std::memory_order_relaxed);
+      return st.error();
     }
     ss.state.store(kSlotActive, std::memory_order_relaxed);
     SHMBUS_FAULT_POINT("stream.attach_subscriber.before_bump");

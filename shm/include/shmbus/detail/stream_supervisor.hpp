@@ -80,6 +80,9 @@ class StreamSupervisor {
 
  private:
   Result<std::uint32_t> alloc_conn(std::uint32_t pub, std::uint32_t sub);
+  // Connect a slot being activated to every active peer (a publisher slot to every active subscriber, or
+  // the reverse) and enter each connection in both tables; on failure, free what it made.
+  Status connect_to_peers(bool publisher, std::uint32_t slot);
   void free_conn(std::uint32_t k);
   void bump();
   // Exact positions, whatever a killed writer left in the informational words.
