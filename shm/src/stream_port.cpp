@@ -434,7 +434,8 @@ void StreamSubscriber::refresh(std::uint64_t gen) noexcept {
   for (Conn& o : conns_)
     if (std::none_of(scratch_.begin(), scratch_.end(), [&](const Conn& n) { return n.k == o.k; })) {
       remember(o.pub_id, known_seq(o));
-      if (o.shared_tail != o.tail) publish_tail(o);  // before the ack: the broker reads it after
+      // Its deferred tail (inline entries only) is not published: the connection may already be another
+      // pair's, and the broker has nothing to recover from inline entries.
     }
   if (closed_) {
     // Our slot was closed: connections made and closed while we did not look (we were stopped, say)
@@ -523,6 +524,8 @@ void StreamSubscriber::publish_tail(Conn& c) noexcept {
 
 void StreamSubscriber::end_batch() noexcept {
   batching_ = false;
+  // G1': only connections still in our table (the broker may have freed and reused one meanwhile).
+  if (const std::uint64_t gen = view_->generation->load(std::memory_order_acquire); gen != gen_) refresh(gen);
   for (Conn& c : conns_)
     if (c.shared_tail != c.tail) publish_tail(c);
 }
@@ -584,7 +587,9 @@ bool StreamSubscriber::try_receive(Received& out) noexcept {
         // nothing to recover, so a deferred tail costs nothing after a crash): a publisher waiting for room
         // then writes bursts of slots rather than one line at a time behind us, and is never held up by
         // more than a quarter of the ring.
-        if (!batching_ || c.tail - c.shared_tail >= tail_batch_) publish_tail(c);
+        // Not under drop-oldest: there the publisher overwrites by our tail and would count a read message
+        // as dropped.
+        if (!batching_ || validate_ || c.tail - c.shared_tail >= tail_batch_) publish_tail(c);
       } else if (flags & kSlotChunk) {
         StreamChunkRef ref;
         std::memcpy(&ref, slot + sizeof(StreamSlotHeader), sizeof ref);

@@ -217,13 +217,14 @@ class Subscriber {
   // was lost and could not be taken up again.
   Result<Sample> receive(std::chrono::nanoseconds timeout);
   // Up to `max` messages that are ready now, each handed to f(Sample&) in order (f may move it out to keep
-  // it); returns how many. The connection's read position goes out once per batch rather than once per
-  // message, so a fast reader costs its publishers less; a publisher blocked for room sees the room when
-  // the batch ends.
+  // it); returns how many. Under overflow block the read position goes out every depth/4 messages and at
+  // the batch's end rather than after each message, so a fast reader costs its publishers less; a
+  // publisher blocked for room sees the room then. f must not destroy this Subscriber.
   template <typename F>
   std::size_t try_receive_batch(F&& f, std::size_t max) {
     return try_receive_batch_impl(
-        [](void* ctx, Sample& s) { (*static_cast<std::remove_reference_t<F>*>(ctx))(s); }, &f, max);
+        [](void* ctx, Sample& s) { (*static_cast<std::remove_reference_t<F>*>(ctx))(s); },
+        const_cast<void*>(static_cast<const void*>(std::addressof(f))), max);
   }
   std::string topic() const;
   std::uint32_t slot() const;
