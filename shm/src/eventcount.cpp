@@ -40,17 +40,29 @@ void EventCount::init(EventCountShared* shared) noexcept {
 }
 
 void EventCount::notify_slow() noexcept {
-  // N4: the bump makes a concurrent FUTEX_WAIT with the old key return at once (pairs with W2).
-  s_->seq.fetch_add(1, std::memory_order_seq_cst);
-  // Relaxed: a statistic.
-  s_->wakes.fetch_add(1, std::memory_order_relaxed);
-  if (table_ != nullptr || s_->futex_sleepers.load(std::memory_order_relaxed) != 0)
-    futex_wake(&s_->seq, INT_MAX);
+  bool woke = false;
+  if (table_ != nullptr || s_->futex_sleepers.load(std::memory_order_relaxed) != 0) {
+    // N3b: relaxed, after N2's fence (notify(), or the caller of notify_fenced()). A clear bit: every
+    // waiter that armed was woken already (see "Armed").
+    std::uint32_t v = s_->seq.load(std::memory_order_relaxed);
+    while ((v & kArmed) != 0) {
+      // N4: the bump (and clear) makes a concurrent FUTEX_WAIT with an older key return at once (pairs
+      // with W2); seq_cst so that a later W2 reading from it sees this notifier's data (N1).
+      if (s_->seq.compare_exchange_weak(v, (v + 2) & ~kArmed, std::memory_order_seq_cst,
+                                        std::memory_order_relaxed)) {
+        futex_wake(&s_->seq, INT_MAX);
+        woke = true;
+        break;
+      }
+    }
+  }
   if (notify_fd_ >= 0 && s_->fd_sleepers.load(std::memory_order_relaxed) != 0) {
     const std::uint64_t one = 1;
     // EAGAIN (counter saturated) still leaves the fd readable; nothing else can fail on a valid eventfd.
     [[maybe_unused]] ssize_t n = ::write(notify_fd_, &one, sizeof one);
+    woke = true;
   }
+  if (woke) s_->wakes.fetch_add(1, std::memory_order_relaxed);  // relaxed: a statistic
 }
 
 bool EventCount::wait(std::uint32_t key, std::chrono::nanoseconds timeout) noexcept {

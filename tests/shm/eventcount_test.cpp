@@ -52,6 +52,59 @@ TEST(EventCountTest, NotifyWithSleeperBumpsAndWakes) {
   EXPECT_EQ(f.s->ec[0].futex_sleepers.load(), 0u);
 }
 
+// "Armed": once a notifier woke the sleepers, later notifiers make no syscall until a waiter takes a new
+// key, although the woken waiter is still counted (it has not left W4 yet). Before, each of them woke it
+// again: a futex syscall per message while a woken subscriber or consumer was on its way back to a CPU.
+TEST(EventCountTest, OneWakePerArmedWait) {
+  EcFixture f;
+  EventCount ec(&f.s->ec[0]);
+  const std::uint32_t key = ec.prepare_wait();
+  EXPECT_EQ(key & kArmed, kArmed);
+  for (int i = 0; i < 100; ++i) ec.notify();
+  EXPECT_EQ(f.s->ec[0].wakes.load(), 1u);
+  EXPECT_EQ(f.s->ec[0].futex_sleepers.load(), 1u);  // still counted: only the bit stopped the syscalls
+  EXPECT_TRUE(ec.wait(key, 1s));                    // its key is stale: returns at once
+  // Waiting again arms again: the next notify wakes.
+  const std::uint32_t key2 = ec.prepare_wait();
+  EXPECT_NE(key2, key);
+  ec.notify();
+  ec.notify();
+  EXPECT_EQ(f.s->ec[0].wakes.load(), 2u);
+  EXPECT_TRUE(ec.wait(key2, 1s));
+  EXPECT_EQ(f.s->ec[0].futex_sleepers.load(), 0u);
+}
+
+// A woken waiter that finds nothing and sleeps again (W2 after the clearing notifier's N4) is woken by the
+// next notify: the bit does not lose a wake-up across rounds. Two threads, many rounds, bounded waits.
+TEST(EventCountTest, ArmedRoundsLoseNoWakeUp) {
+  EcFixture f;
+  std::atomic<std::uint32_t>& flag = f.s->flag[0];
+  std::atomic<std::uint32_t>& ack = f.s->flag[1];
+  constexpr std::uint32_t kRounds = 20000;
+  std::atomic<bool> stuck{false};
+  std::thread waiter([&] {
+    EventCount ec(&f.s->ec[0]);
+    for (std::uint32_t r = 1; r <= kRounds; ++r) {
+      // Each round the notifier sets flag = r; a lost wake-up shows as a 2 s timeout.
+      if (!ec.await([&] { return flag.load(std::memory_order_acquire) >= r; }, 2s)) {
+        stuck = true;
+        return;
+      }
+      ack.store(r, std::memory_order_release);
+    }
+  });
+  EventCount ec(&f.s->ec[0]);
+  for (std::uint32_t r = 1; r <= kRounds && !stuck; ++r) {
+    flag.store(r, std::memory_order_release);  // N1
+    ec.notify();
+    ec.notify();  // usually skipped (bit clear): must not matter
+    // Ping-pong: the next round starts once the waiter saw this one, so that it is often asleep by then.
+    while (ack.load(std::memory_order_acquire) < r && !stuck) std::this_thread::yield();
+  }
+  waiter.join();
+  EXPECT_FALSE(stuck);
+}
+
 TEST(EventCountTest, AwaitTimesOutWhenNothingHappens) {
   EcFixture f;
   EventCount ec(&f.s->ec[0]);

@@ -13,12 +13,24 @@
 // one per EventCount (the notifier holds one descriptor); it must be handed to the notifier with
 // set_notify_fd() (inherited over fork, or passed with SCM_RIGHTS by the broker).
 //
-// Memory ordering (no lost wake-up). Waiter: W1 sleepers.fetch_add (seq_cst) + W1' fence, W2 seq.load, W3
-// re-check the condition, W4 sleep while seq == key. Notifier: N1 publish (release, in the caller), N2
-// atomic_thread_fence(seq_cst), N3 sleepers.load, N4 seq.fetch_add + wake. The fences put W1 and N2 in one
-// total order: if N3 reads 0, W1 came after N2, so W3 sees N1's data. If N3 reads a sleeper, N4 changes seq,
-// and FUTEX_WAIT compares seq with the key atomically in the kernel, so W4 either does not sleep or is
-// woken.
+// Memory ordering (no lost wake-up). Waiter: W1 sleepers.fetch_add (seq_cst), W2 seq.fetch_or(kArmed)
+// (seq_cst) for the key, W1' fence, W3 re-check the condition, W4 sleep while seq == key. Notifier: N1
+// publish (release, in the caller), N2 atomic_thread_fence(seq_cst), N3 sleepers.load, N3b seq.load,
+// N4 seq CAS (+2, kArmed cleared) + wake. The fences put W1 and N2 in one total order: if N3 reads 0, W1
+// came after N2, so W3 sees N1's data. If N3 reads a sleeper and N3b an armed seq, N4 changes seq, and
+// FUTEX_WAIT compares seq with the key atomically in the kernel, so W4 either does not sleep or is woken.
+// If N3b reads seq disarmed, see "Armed".
+//
+// Armed. Bit 0 of `seq` (kArmed) says "a futex waiter took its key since the last wake": W2 sets it
+// (fetch_or, seq_cst) and takes seq | kArmed as its key; N4 clears it while bumping seq by 2 (CAS) and
+// only then calls FUTEX_WAKE. A notifier that finds waiters counted but the bit clear (N3b) skips the
+// syscall: every waiter that armed before the last clear was woken by that clear's FUTEX_WAKE (wake-all)
+// or finds its key stale. Without it, every message published while a woken waiter is still on its way
+// back to a CPU (10-45 us here) paid a futex syscall. No lost wake-up: a waiter whose W2 the notifier's
+// N3b did not see came after N2 in the total order (N3b reads a value of seq earlier than W2's), so its
+// W3 sees N1 (the same store-buffer argument as W1 against N3); a waiter whose W2 came after a clear
+// read-from that clear's RMW, so it sees the clearing notifier's N1. A waiter that armed and then did
+// not sleep (W3 true, a timeout) costs the next notifier one needless wake-up, never a hang.
 //
 // Dead waiters. A waiter killed while counted would leave its count high forever, and every notify would
 // then make a needless FUTEX_WAKE (never a hang, but a syscall per message). Two cures:
@@ -98,8 +110,10 @@ struct WaiterTable {
   void clear_lock() const noexcept;
 };
 
+inline constexpr std::uint32_t kArmed = 1;  // bit 0 of EventCountShared::seq: see "Armed"
+
 struct alignas(kCacheLine) EventCountShared {
-  std::atomic<std::uint32_t> seq;             // the futex word; bumped by a notifier that saw a sleeper
+  std::atomic<std::uint32_t> seq;             // the futex word: kArmed | 2 * wakes (see "Armed")
   std::atomic<std::uint32_t> futex_sleepers;  // waiters between W1 and the end of W4 (futex)
   std::atomic<std::uint32_t> fd_sleepers;     // the same, for the eventfd waiter
   std::atomic<std::uint32_t> wakes;           // syscalls made by notifiers (stats; relaxed)
@@ -157,11 +171,13 @@ class EventCount {
   std::uint32_t prepare_wait() noexcept {
     // W1: pairs with N2. In table mode, the process's own lane, and nothing else (see "Dead waiters").
     (mine_ != nullptr ? mine_->waiting[lane_] : s_->futex_sleepers).fetch_add(1, std::memory_order_seq_cst);
-    // W1': the fence orders W1 before the caller's re-check (W3), which is usually an acquire load; a
-    // seq_cst RMW alone does not order later non-seq_cst loads in the C++ model (free on x86: the RMW
+    // W2: arm, and take the key. Pairs with N3b/N4 (see "Armed").
+    const std::uint32_t key = s_->seq.fetch_or(kArmed, std::memory_order_seq_cst) | kArmed;
+    // W1': the fence orders W1 and W2 before the caller's re-check (W3), which is usually an acquire load;
+    // a seq_cst RMW alone does not order later non-seq_cst loads in the C++ model (free on x86: the RMW
     // is a full barrier already).
     std::atomic_thread_fence(std::memory_order_seq_cst);
-    return s_->seq.load(std::memory_order_seq_cst);  // W2: pairs with N4's fetch_add.
+    return key;
   }
   // The condition came true during W3: withdraw.
   void cancel_wait() noexcept { withdraw(); }

@@ -29,6 +29,8 @@
 // are relaxed: statistics only.
 #pragma once
 
+#include <sched.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -255,10 +257,16 @@ class TopicHandle {
 
 template <typename Ready>
 bool TopicHandle::wait_for(WaitOn on, Ready&& ready, const Deadline& deadline, std::uint32_t spin) noexcept {
-  if (ready()) return true;  // before any clock read
+  if (ready()) return true;           // before any clock read
+  if (deadline.zero()) return false;  // a try: no spinning, no waiter record
+  // Spin, yielding the CPU now and then: with more processes than CPUs the one that would make us ready
+  // may be waiting for ours.
   for (std::uint32_t i = 0; i < spin; ++i) {
     if (ready()) return true;
-    __builtin_ia32_pause();
+    if (i % 64 == 63)
+      sched_yield();
+    else
+      __builtin_ia32_pause();
   }
   WaiterRecord* mine = my_record();
   if (mine == nullptr) {  // no waiter record: poll, uncounted, so that dying here leaks nothing
