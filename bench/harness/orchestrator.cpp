@@ -85,6 +85,9 @@ constexpr const char* kZmqBusy =
     "ZMQ_DONTWAIT "
     "starves it, so ZeroMQ is measured with blocking receives only";
 
+constexpr const char* kAeronPoll =
+    "Aeron has no blocking receive: a subscription is polled, and waits through an idle strategy";
+
 std::vector<Entry> entries_for(Scenario s) {
   switch (s) {
     case Scenario::pingpong:
@@ -94,25 +97,28 @@ std::vector<Entry> entries_for(Scenario s) {
               {"uds-stream", Mode::busy, nullptr},      {"uds-seqpacket", Mode::busy, nullptr},
               {"posix-mq", Mode::busy, nullptr},        {"boost-mq", Mode::busy, nullptr},
               {"zmq-ipc", Mode::busy, kZmqBusy},        {"zmq-ipc", Mode::blocking, nullptr},
-              {"iceoryx", Mode::zero_copy, nullptr}};
+              {"iceoryx", Mode::zero_copy, nullptr},    {"aeron-ipc", Mode::busy, nullptr}};
     case Scenario::wakeup:
       return {{"floor-futex", Mode::blocking, nullptr}, {"floor-eventfd", Mode::blocking, nullptr},
               {"shmbus", Mode::blocking, nullptr},      {"pipe", Mode::blocking, nullptr},
               {"uds-stream", Mode::blocking, nullptr},  {"uds-seqpacket", Mode::blocking, nullptr},
               {"posix-mq", Mode::blocking, nullptr},    {"boost-mq", Mode::blocking, nullptr},
-              {"zmq-ipc", Mode::blocking, nullptr},     {"iceoryx", Mode::blocking, nullptr}};
+              {"zmq-ipc", Mode::blocking, nullptr},     {"iceoryx", Mode::blocking, nullptr},
+              {"aeron-ipc", Mode::blocking, kAeronPoll}};
     case Scenario::throughput:
       return {{"floor-ring", Mode::copy, nullptr},  {"shmbus", Mode::copy, nullptr},
               {"shmbus", Mode::zero_copy, nullptr}, {"pipe", Mode::busy, nullptr},
               {"uds-stream", Mode::busy, nullptr},  {"uds-seqpacket", Mode::busy, nullptr},
               {"posix-mq", Mode::busy, nullptr},    {"boost-mq", Mode::busy, nullptr},
-              {"zmq-ipc", Mode::blocking, nullptr}, {"iceoryx", Mode::zero_copy, nullptr}};
+              {"zmq-ipc", Mode::blocking, nullptr}, {"iceoryx", Mode::zero_copy, nullptr},
+              {"aeron-ipc", Mode::copy, nullptr},   {"aeron-ipc-exclusive", Mode::copy, nullptr}};
     case Scenario::fanout:
       return {{"floor-ring", Mode::busy, nullptr},  {"shmbus", Mode::busy, nullptr},
               {"shmbus", Mode::zero_copy, nullptr}, {"pipe", Mode::busy, nullptr},
               {"uds-stream", Mode::busy, nullptr},  {"uds-seqpacket", Mode::busy, nullptr},
               {"posix-mq", Mode::busy, nullptr},    {"boost-mq", Mode::busy, nullptr},
-              {"zmq-ipc", Mode::blocking, nullptr}, {"iceoryx", Mode::zero_copy, nullptr}};
+              {"zmq-ipc", Mode::blocking, nullptr}, {"iceoryx", Mode::zero_copy, nullptr},
+              {"aeron-ipc", Mode::busy, nullptr}};
     case Scenario::queue:
       return {{"floor-ring", Mode::busy, nullptr},
               {"shmbus", Mode::busy, nullptr},
@@ -126,7 +132,9 @@ std::vector<Entry> entries_for(Scenario s) {
               {"boost-mq", Mode::blocking, nullptr},
               {"zmq-ipc", Mode::blocking, nullptr},
               {"iceoryx", Mode::blocking,
-               "iceoryx 2.0 has no competing consumers: every subscriber gets every message"}};
+               "iceoryx 2.0 has no competing consumers: every subscriber gets every message"},
+              {"aeron-ipc", Mode::busy,
+               "Aeron has no competing consumers: every subscription sees every message"}};
     case Scenario::reclaim: {
       const char* na =
           "a kernel object's buffers are freed by the kernel when the process dies: nothing to reclaim";
@@ -235,8 +243,8 @@ std::string fmt_size(u64 b) {
   return std::to_string(b) + " B";
 }
 
-// Children, for the interrupt handler: workers [0, kMaxWorkers), then the broker and iox-roudi.
-pid_t g_children[kMaxWorkers + 2];
+// Children, for the interrupt handler: workers [0, kMaxWorkers), then the broker, iox-roudi and aeronmd.
+pid_t g_children[kMaxWorkers + 3];
 char g_cleanup[1024];  // the shell command that removes what this run made, prepared by init()
 
 void on_sigchld(int) {}  // interrupts futex_wait, so a dead worker is noticed at once
@@ -248,7 +256,8 @@ void on_sigint(int) {
     if (g_children[i] > 0) ::kill(g_children[i], SIGKILL);
   for (int i = kMaxWorkers; i < kMaxWorkers + 2; ++i)
     if (g_children[i] > 0) ::kill(g_children[i], SIGTERM);
-  for (int i = 0; i < kMaxWorkers + 2; ++i) {
+  if (g_children[kMaxWorkers + 2] > 0) ::kill(g_children[kMaxWorkers + 2], SIGINT);  // aeronmd's stop signal
+  for (int i = 0; i < kMaxWorkers + 3; ++i) {
     if (g_children[i] <= 0) continue;
     for (int t = 0; t < 500 && ::waitpid(g_children[i], nullptr, WNOHANG) == 0; ++t) {
       const timespec ten_ms{0, 10'000'000};
@@ -292,6 +301,7 @@ class Orchestrator {
   // Services.
   bool need_broker(std::string* err);
   bool need_roudi(std::string* err);
+  bool need_aeronmd(std::string* err);
   void progress(const std::string& s, bool milestone = false);
 
   Options o_;
@@ -310,6 +320,10 @@ class Orchestrator {
   Roudi roudi_;
   bool roudi_tried_ = false;
   std::string roudi_err_;
+  Aeronmd aeronmd_;
+  bool aeronmd_tried_ = false;
+  std::string aeronmd_err_;
+  std::string aeron_dir_;  // /dev/shm/<prefix>-aeron, $AERON_DIR of the workers
   std::size_t max_payload_ = 64;
   Report rep_;
   Clock::time_point t0_;
@@ -339,6 +353,8 @@ bool Orchestrator::init(std::string* err) {
   ::setenv("SHMBUS_RUNTIME_DIR", rundir_.c_str(), 1);
   ::setenv("SHMBUS_DOMAIN", domain_.c_str(), 1);
   ::setenv("SHMBUS_AUTOSTART", "0", 1);
+  aeron_dir_ = "/dev/shm/" + prefix_ + "-aeron";  // log buffers in memory, not on /tmp's disk
+  ::setenv("AERON_DIR", aeron_dir_.c_str(), 1);   // the Aeron clients of the workers read it
 
   memfd_ = ::memfd_create("shmbus-bench-control", 0);  // no CLOEXEC: workers inherit it through exec
   if (memfd_ < 0 || ::ftruncate(memfd_, static_cast<off_t>(kRegionBytes)) != 0) {
@@ -394,8 +410,10 @@ void Orchestrator::cleanup() {
   kill_workers();
   std::string e;
   if (!roudi_.stop(&e)) rep_.notes.push_back(e);
+  if (!aeronmd_.stop(&e)) rep_.notes.push_back(e);
   broker_.stop();
-  g_children[kMaxWorkers] = g_children[kMaxWorkers + 1] = 0;
+  g_children[kMaxWorkers] = g_children[kMaxWorkers + 1] = g_children[kMaxWorkers + 2] = 0;
+  if (!aeron_dir_.empty()) (void)std::system(("rm -rf '" + aeron_dir_ + "'").c_str());
   // What killed processes may have left: segments, message queues, the run directory.
   remove_matching("/dev/shm", prefix_, true);
   remove_matching("/dev/shm", "shmbus." + prefix_, true);
@@ -645,6 +663,16 @@ bool Orchestrator::need_broker(std::string* err) {
   return broker_err_.empty();
 }
 
+bool Orchestrator::need_aeronmd(std::string* err) {
+  if (!aeronmd_tried_) {
+    aeronmd_tried_ = true;
+    if (aeronmd_.start(aeron_dir_, rundir_ + "/aeronmd.log", &aeronmd_err_))
+      g_children[kMaxWorkers + 2] = aeronmd_.pid();
+  }
+  *err = aeronmd_err_;
+  return aeronmd_err_.empty();
+}
+
 bool Orchestrator::need_roudi(std::string* err) {
   if (!roudi_tried_) {
     roudi_tried_ = true;
@@ -724,6 +752,10 @@ bool Orchestrator::bring_up(Group& g, int gi) {
       continue;
     }
     if (p.transport == "iceoryx" && !need_roudi(&err)) {
+      p.skip = err;
+      continue;
+    }
+    if (p.transport.rfind("aeron-ipc", 0) == 0 && !need_aeronmd(&err)) {
       p.skip = err;
       continue;
     }

@@ -101,6 +101,14 @@ bool transport_compiled(const std::string& name, std::string* why_not) {
     return false;
   }
 #endif
+#ifndef SHMBUS_BENCH_HAVE_AERON
+  if (name.rfind("aeron-ipc", 0) == 0) {
+    *why_not =
+        "built without Aeron (not in Debian: build it from source and configure with "
+        "-DSHMBUS_AERON_ROOT=<its tree>)";
+    return false;
+  }
+#endif
   (void)name;
   (void)why_not;
   return true;
@@ -118,6 +126,9 @@ std::unique_ptr<Bench> make_bench(const BenchDesc& d, Part p, const Control& ctl
 #endif
 #ifdef SHMBUS_BENCH_HAVE_ICEORYX
   if (t == "iceoryx") return make_iceoryx_bench(d, p, ctl, err);
+#endif
+#ifdef SHMBUS_BENCH_HAVE_AERON
+  if (t == "aeron-ipc" || t == "aeron-ipc-exclusive") return make_aeron_bench(d, p, ctl, err);
 #endif
   if (!transport_compiled(t, err)) return nullptr;
   *err = "unknown transport \"" + t + "\"";

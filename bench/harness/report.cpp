@@ -55,10 +55,11 @@ const char* scenario_title(const std::string& s) {
 
 // Row order inside a scenario: by point, then floors, shmbus, peers in the order.
 int transport_rank(const std::string& t) {
-  static const char* order[] = {"floor-cacheline", "floor-ring", "floor-futex", "floor-eventfd",
-                                "shmbus",          "pipe",       "uds-stream",  "uds-seqpacket",
-                                "posix-mq",        "boost-mq",   "zmq-ipc",     "iceoryx"};
-  for (int i = 0; i < 12; ++i)
+  static const char* order[] = {
+      "floor-cacheline", "floor-ring",         "floor-futex", "floor-eventfd", "shmbus",  "pipe",
+      "uds-stream",      "uds-seqpacket",      "posix-mq",    "boost-mq",      "zmq-ipc", "iceoryx",
+      "aeron-ipc",       "aeron-ipc-exclusive"};
+  for (int i = 0; i < 14; ++i)
     if (t == order[i]) return i;
   return 99;
 }
@@ -85,10 +86,10 @@ void print_scenario(const Report& rep, const std::string& sc, std::FILE* out) {
     if (!r->floor.empty()) floor = r->floor;
   const char* point = sc == "fanout" ? "subs" : sc == "queue" ? "PxC" : sc == "reclaim" ? "" : "payload";
   if (rate) {
-    std::fprintf(out, "%-8s %-16s %-10s %12s %9s %8s %8s  %-8s %s\n", point, "transport", "mode", "msgs/s",
+    std::fprintf(out, "%-8s %-19s %-10s %12s %9s %8s %8s  %-8s %s\n", point, "transport", "mode", "msgs/s",
                  "GB/s", "x floor", "x peer", "regime", "note");
   } else {
-    std::fprintf(out, "%-8s %-16s %-10s %8s %8s %8s %8s %8s %8s %8s %7s", point, "transport", "mode", "p50",
+    std::fprintf(out, "%-8s %-19s %-10s %8s %8s %8s %8s %8s %8s %8s %7s", point, "transport", "mode", "p50",
                  "p90", "p99", "p99.9", "p99.99", "max", "x floor", "x peer");
     if (sc == "fanout") std::fprintf(out, " %9s %9s", "send p50", "send p99");
     std::fprintf(out, "  %-8s %s\n", "regime", "n");
@@ -99,13 +100,13 @@ void print_scenario(const Report& rep, const std::string& sc, std::FILE* out) {
     last_point = point_key(*r);
     const std::string lbl = point_label(*r);
     if (rate) {
-      std::fprintf(out, "%-8s %-16s %-10s %12s %9s %8s %8s  %-8s %s\n", lbl.c_str(), r->transport.c_str(),
+      std::fprintf(out, "%-8s %-19s %-10s %12s %9s %8s %8s  %-8s %s\n", lbl.c_str(), r->transport.c_str(),
                    r->mode.c_str(), fmt_rate(r->msgs_per_s).c_str(),
                    r->gbytes_per_s ? sfmt("%.2f", *r->gbytes_per_s).c_str() : "-",
                    fmt_ratio(r->x_floor).c_str(), fmt_ratio(r->x_peer).c_str(), r->regime.c_str(),
                    r->note.c_str());
     } else {
-      std::fprintf(out, "%-8s %-16s %-10s %8s %8s %8s %8s %8s %8s %8s %7s", lbl.c_str(), r->transport.c_str(),
+      std::fprintf(out, "%-8s %-19s %-10s %8s %8s %8s %8s %8s %8s %8s %7s", lbl.c_str(), r->transport.c_str(),
                    r->mode.c_str(), fmt_ns(r->p50).c_str(), fmt_ns(r->p90).c_str(), fmt_ns(r->p99).c_str(),
                    fmt_ns(r->p999).c_str(), fmt_ns(r->p9999).c_str(), fmt_ns(r->max).c_str(),
                    fmt_ratio(r->x_floor).c_str(), fmt_ratio(r->x_peer).c_str());

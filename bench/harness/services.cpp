@@ -214,4 +214,57 @@ bool Roudi::stop(std::string* err) {
   return true;
 }
 
+bool Aeronmd::start(const std::string& dir, const std::string& log, std::string* err) {
+#ifndef SHMBUS_BENCH_AERONMD_BIN
+  (void)dir;
+  (void)log;
+  *err = "built without Aeron (configure with -DSHMBUS_AERON_ROOT=<Aeron source or install tree>)";
+  return false;
+#else
+  const std::string bin = SHMBUS_BENCH_AERONMD_BIN;
+  if (::access(bin.c_str(), X_OK) != 0) {
+    *err = "aeronmd not found at " + bin + " (reconfigure with -DSHMBUS_AERON_ROOT)";
+    return false;
+  }
+  log_ = log;
+  pid_ = spawn_logged({bin, "-Daeron.dir=" + dir, "-Daeron.threading.mode=SHARED",
+                       "-Daeron.dir.delete.on.start=true", "-Daeron.dir.delete.on.shutdown=true"},
+                      log_);
+  if (pid_ < 0) {
+    *err = "fork for aeronmd failed";
+    return false;
+  }
+  const std::string cnc = dir + "/cnc.dat";
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+  while (std::chrono::steady_clock::now() < end) {
+    struct stat st {};
+    if (::stat(cnc.c_str(), &st) == 0 && st.st_size > 0) return true;
+    int ws;
+    if (::waitpid(pid_, &ws, WNOHANG) == pid_) {
+      pid_ = -1;
+      *err = "aeronmd exited at start: " + tail_of(log_, 3);
+      return false;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  *err = "aeronmd did not create " + cnc + " within 15 s: " + tail_of(log_, 3);
+  std::string ignore;
+  stop(&ignore);
+  return false;
+#endif
+}
+
+bool Aeronmd::stop(std::string* err) {
+  if (pid_ <= 0) return true;
+  ::kill(pid_, SIGINT);  // aeronmd shuts down (and deletes its directory) on SIGINT only
+  const int st = reap(pid_, 10000);
+  pid_ = -1;
+  // It exits with the number of the signal that stopped it.
+  if (st == -1 || !WIFEXITED(st) || (WEXITSTATUS(st) != 0 && WEXITSTATUS(st) != SIGINT)) {
+    *err = "aeronmd did not stop cleanly (" + tail_of(log_, 2) + ")";
+    return false;
+  }
+  return true;
+}
+
 }  // namespace shmbus::bench

@@ -1,5 +1,5 @@
-// The daemons a run needs: a private shmbus broker, and iox-roudi for the iceoryx peer. Both are started
-// as children of the orchestrator and stopped by PID.
+// The daemons a run needs: a private shmbus broker, iox-roudi for the iceoryx peer, and aeronmd for the
+// Aeron peer. Each is started as a child of the orchestrator and stopped by PID.
 #pragma once
 
 #include <sys/types.h>
@@ -35,6 +35,21 @@ class Roudi {
   // SIGTERM, wait; returns false (and says why) if RouDi did not stop cleanly.
   bool stop(std::string* err);
   bool running() const { return pid_ > 0; }
+  pid_t pid() const { return pid_; }
+
+ private:
+  pid_t pid_ = -1;
+  std::string log_;
+};
+
+// The Aeron C media driver (built with SHMBUS_AERON_ROOT), on a private directory in shared memory, shared
+// threading mode; it deletes the directory when it starts and when it stops.
+class Aeronmd {
+ public:
+  // Start aeronmd on `dir` and wait until its CnC file is there.
+  bool start(const std::string& dir, const std::string& log, std::string* err);
+  // SIGINT (its shutdown signal), wait; false (and why) if it did not stop cleanly.
+  bool stop(std::string* err);
   pid_t pid() const { return pid_; }
 
  private:

@@ -22,8 +22,9 @@ namespace {
 using nlohmann::json;
 
 const std::set<std::string> kTransports = {
-    "shmbus",     "floor-cacheline", "floor-ring", "floor-futex", "floor-eventfd", "pipe",
-    "uds-stream", "uds-seqpacket",   "posix-mq",   "boost-mq",    "zmq-ipc",       "iceoryx"};
+    "shmbus",  "floor-cacheline", "floor-ring",    "floor-futex",        "floor-eventfd",
+    "pipe",    "uds-stream",      "uds-seqpacket", "posix-mq",           "boost-mq",
+    "zmq-ipc", "iceoryx",         "aeron-ipc",     "aeron-ipc-exclusive"};
 const std::set<std::string> kScenarios = {"pingpong", "throughput", "fanout", "queue", "wakeup", "reclaim"};
 const std::vector<std::string> kRequired = {"scenario", "transport", "mode",      "payload_bytes",
                                             "p50_ns",   "p90_ns",    "p99_ns",    "p999_ns",
@@ -148,8 +149,14 @@ TEST_F(BenchSmokeTest, EveryPeerIsMeasuredOrSkippedWithAReason) {
   std::set<std::string> seen;
   for (const json& r : rows)
     if (r["scenario"] == "pingpong") seen.insert(r["transport"].get<std::string>());
-  for (const char* t : {"pipe", "uds-stream", "uds-seqpacket", "posix-mq", "boost-mq", "zmq-ipc", "iceoryx"})
+  for (const char* t :
+       {"pipe", "uds-stream", "uds-seqpacket", "posix-mq", "boost-mq", "zmq-ipc", "iceoryx", "aeron-ipc"})
     EXPECT_TRUE(seen.count(t)) << t << " is neither measured nor listed as skipped";
+  // The exclusive publication is a one-way peer.
+  bool excl = false;
+  for (const json& r : rows)
+    excl = excl || (r["scenario"] == "throughput" && r["transport"] == "aeron-ipc-exclusive");
+  EXPECT_TRUE(excl) << "aeron-ipc-exclusive is neither measured nor listed as skipped";
 }
 
 TEST_F(BenchSmokeTest, CsvHasTheHeaderAndOneLinePerRow) {
