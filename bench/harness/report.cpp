@@ -232,6 +232,97 @@ std::string verdict(bool ok) {
 
 }  // namespace
 
+bool is_peer(const std::string& t) {
+  return t != "shmbus" && t.rfind("floor-", 0) != 0;
+}
+bool is_aeron(const std::string& t) {
+  return t.rfind("aeron-", 0) == 0;
+}
+
+// The fastest peer row of a point (lowest p50, or highest rate); debian_only leaves Aeron out.
+const Row* best_peer(const Report& r, const std::string& sc, u64 payload, bool debian_only, u32 pc = 0) {
+  const Row* best = nullptr;
+  for (const Row& x : r.rows) {
+    if (x.scenario != sc || x.payload != payload || !x.skipped.empty() || !is_peer(x.transport)) continue;
+    if (debian_only && is_aeron(x.transport)) continue;
+    if (sc == "queue" && x.producers * 100 + x.consumers != pc) continue;
+    if (x.rate_row() ? !x.msgs_per_s || (best != nullptr && *x.msgs_per_s <= *best->msgs_per_s)
+                     : !x.p50 || (best != nullptr && *x.p50 >= *best->p50))
+      continue;
+    best = &x;
+  }
+  return best;
+}
+
+std::string name_of(const Row& x) {
+  return x.transport + "/" + x.mode;
+}
+
+// Issue 8's targets for the data path (round trip, one-way, queues, fan-out, blocking), judged on this
+// run's rows. Ratios against another row are ratios of the two rows' medians over rounds.
+void data_path_targets(const Report& r, std::vector<std::string>& out) {
+  for (const u64 size : {u64{8}, u64{64}}) {
+    const Row* s = find_row(r, "pingpong", "shmbus", "busy", size);
+    if (s == nullptr || !s->p50) continue;
+    const std::string floor = size == 8 ? "floor-cacheline" : "floor-ring";
+    const double limit = size == 8 ? 1.5 : 1.3;
+    const std::string sz = std::to_string(size) + " B";
+    if (const Row* f = find_row(r, "pingpong", floor, "busy", size); f && f->p50)
+      out.push_back("busy round trip " + sz + " within " + sfmt("%.1f", limit) + "x of " + floor + ": " +
+                    fmt_ns(s->p50) + " vs " + fmt_ns(f->p50) + " = " + fmt_ratio(*s->p50 / *f->p50) +
+                    "x -> " + verdict(*s->p50 <= limit * *f->p50));
+    if (const Row* b = best_peer(r, "pingpong", size, false))
+      out.push_back("busy round trip " + sz + " below every peer: " + fmt_ns(s->p50) + " vs " + name_of(*b) +
+                    " " + fmt_ns(b->p50) + " (" + fmt_ratio(*s->p50 / *b->p50) + "x) -> " +
+                    verdict(*s->p50 < *b->p50));
+  }
+  for (const u64 size : {u64{8}, u64{64}}) {
+    const Row* s = find_row(r, "throughput", "shmbus", "copy", size);
+    if (s == nullptr || !s->msgs_per_s) continue;
+    const std::string sz = std::to_string(size) + " B";
+    if (s->x_floor)
+      out.push_back("one-way " + sz + " at least 0.5x floor-ring: " + fmt_rate(s->msgs_per_s) + " msgs/s, " +
+                    fmt_ratio(s->x_floor) + "x -> " + verdict(*s->x_floor >= 0.5));
+    if (const Row* b = best_peer(r, "throughput", size, true))
+      out.push_back("one-way " + sz + " at least 1.5x the best Debian peer: " +
+                    fmt_ratio(*s->msgs_per_s / *b->msgs_per_s) + "x " + name_of(*b) + " (" +
+                    fmt_rate(b->msgs_per_s) + ") -> " + verdict(*s->msgs_per_s >= 1.5 * *b->msgs_per_s));
+    if (const Row* a = find_row(r, "throughput", "aeron-ipc", "copy", size); a && a->msgs_per_s)
+      out.push_back("one-way " + sz + " at least Aeron's concurrent publication: " +
+                    fmt_ratio(*s->msgs_per_s / *a->msgs_per_s) + "x (" + fmt_rate(a->msgs_per_s) + ") -> " +
+                    verdict(*s->msgs_per_s >= *a->msgs_per_s));
+    if (const Row* a = find_row(r, "throughput", "aeron-ipc-exclusive", "copy", size); a && a->msgs_per_s)
+      out.push_back("one-way " + sz + " against Aeron's exclusive publication: " +
+                    fmt_ratio(*s->msgs_per_s / *a->msgs_per_s) + "x (" + fmt_rate(a->msgs_per_s) + ")");
+  }
+  for (const Row& s : r.rows) {
+    if (s.scenario != "queue" || s.transport != "shmbus" || !s.skipped.empty() || !s.msgs_per_s) continue;
+    const u32 pc = s.producers * 100 + s.consumers;
+    if (const Row* b = best_peer(r, "queue", s.payload, false, pc))
+      out.push_back("queue " + std::to_string(s.producers) + "x" + std::to_string(s.consumers) + " " +
+                    s.mode + " ahead of every peer: " + fmt_rate(s.msgs_per_s) + " vs " + name_of(*b) + " " +
+                    fmt_rate(b->msgs_per_s) + " (" + fmt_ratio(*s.msgs_per_s / *b->msgs_per_s) + "x) -> " +
+                    verdict(*s.msgs_per_s > *b->msgs_per_s));
+  }
+  const Row *fs = nullptr, *ff = nullptr;
+  for (const Row& x : r.rows)
+    if (x.scenario == "fanout" && x.subscribers == 8 && x.mode == "busy" && x.skipped.empty()) {
+      if (x.transport == "shmbus") fs = &x;
+      if (x.transport == "floor-ring") ff = &x;
+    }
+  if (fs != nullptr && ff != nullptr && fs->send_p50 && ff->send_p50 && fs->p50 && ff->p50) {
+    out.push_back("fan-out to 8: time inside publish within 3x of 8 bare rings: " + fmt_ns(fs->send_p50) +
+                  " vs " + fmt_ns(ff->send_p50) + " = " + fmt_ratio(*fs->send_p50 / *ff->send_p50) + "x -> " +
+                  verdict(*fs->send_p50 <= 3 * *ff->send_p50));
+    out.push_back("fan-out to 8: round trip to the last within 2x of the bare rings': " + fmt_ns(fs->p50) +
+                  " vs " + fmt_ns(ff->p50) + " = " + fmt_ratio(*fs->p50 / *ff->p50) + "x -> " +
+                  verdict(*fs->p50 <= 2 * *ff->p50));
+  }
+  if (const Row* b = find_row(r, "wakeup", "shmbus", "blocking", 64); b && b->x_floor)
+    out.push_back("blocking round trip within 1.1x of floor-futex: " + fmt_ratio(b->x_floor) + "x (" +
+                  fmt_ns(b->p50) + ") -> " + verdict(*b->x_floor <= 1.1));
+}
+
 // The design's targets (DESIGN.md "Performance targets"), judged on this run's rows.
 std::vector<std::string> targets(const Report& r) {
   std::vector<std::string> out;
@@ -266,6 +357,7 @@ std::vector<std::string> targets(const Report& r) {
       out.push_back(std::string("one-way throughput of 64 B (") + m +
                     ") at least half of floor-ring: " + fmt_rate(b->msgs_per_s) + " msgs/s, " +
                     fmt_ratio(b->x_floor) + "x -> " + verdict(*b->x_floor >= 0.5));
+  data_path_targets(r, out);
   return out;
 }
 
@@ -295,7 +387,7 @@ void print_tables(const Report& r, std::FILE* out) {
   }
   const auto t = targets(r);
   if (!t.empty()) {
-    std::fprintf(out, "\ntargets (DESIGN.md), this run:\n");
+    std::fprintf(out, "\ntargets (DESIGN.md, then issue 8's), this run:\n");
     for (const auto& x : t) std::fprintf(out, "  %s\n", x.c_str());
   }
 }
