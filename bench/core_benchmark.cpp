@@ -467,9 +467,10 @@ void BM_EventCount_Notify_NoSleeper(benchmark::State& state) {
 }
 BENCHMARK(BM_EventCount_Notify_NoSleeper)->UseRealTime();
 
-// notify() while a thread on the other CPU sits in FUTEX_WAIT (prepare_wait + wait, in a loop): each
-// notify that finds it counted bumps seq and calls FUTEX_WAKE, which wakes it; it re-parks at once.
-// syscalls/notify says how many notifies found it parked (the rest fell in its few-ns re-park window).
+// notify() while a thread on the other CPU sits in FUTEX_WAIT (prepare_wait + wait, in a loop): a notify
+// that finds it counted and armed clears the bit, bumps seq and calls FUTEX_WAKE; the notifies that follow
+// before it re-arms make no syscall ("Armed" in eventcount.hpp). syscalls/notify says how many notifies
+// woke it.
 void BM_EventCount_Notify_WithSleeper(benchmark::State& state) {
   EventCountFixture f;
   EventCount ec(f.shared);

@@ -37,23 +37,32 @@ void EventCount::init(EventCountShared* shared) noexcept {
   shared->futex_sleepers.store(0, std::memory_order_relaxed);
   shared->fd_sleepers.store(0, std::memory_order_relaxed);
   shared->wakes.store(0, std::memory_order_relaxed);
+  shared->woken.store(0, std::memory_order_relaxed);  // seq 0: disarmed, nobody to wake
 }
 
 void EventCount::notify_slow() noexcept {
   bool woke = false;
   if (table_ != nullptr || s_->futex_sleepers.load(std::memory_order_relaxed) != 0) {
-    // N3b: relaxed, after N2's fence (notify(), or the caller of notify_fenced()). A clear bit: every
-    // waiter that armed was woken already (see "Armed").
+    // N3b: relaxed, after N2's fence (notify(), or the caller of notify_fenced()). A clear bit whose
+    // FUTEX_WAKE was made (woken == v): every waiter that armed was woken already (see "Armed").
     std::uint32_t v = s_->seq.load(std::memory_order_relaxed);
-    while ((v & kArmed) != 0) {
-      // N4: the bump (and clear) makes a concurrent FUTEX_WAIT with an older key return at once (pairs
-      // with W2); seq_cst so that a later W2 reading from it sees this notifier's data (N1).
-      if (s_->seq.compare_exchange_weak(v, (v + 2) & ~kArmed, std::memory_order_seq_cst,
-                                        std::memory_order_relaxed)) {
-        futex_wake(&s_->seq, INT_MAX);
-        woke = true;
-        break;
+    for (;;) {
+      if ((v & kArmed) != 0) {
+        // N4: the bump (and clear) makes a concurrent FUTEX_WAIT with an older key return at once (pairs
+        // with W2); seq_cst so that a later W2 reading from it sees this notifier's data (N1).
+        if (!s_->seq.compare_exchange_weak(v, (v + 2) & ~kArmed, std::memory_order_seq_cst,
+                                           std::memory_order_relaxed))
+          continue;
+        v = (v + 2) & ~kArmed;
+      } else if (s_->woken.load(std::memory_order_acquire) == v) {
+        break;  // the FUTEX_WAKE that follows the clear to v was made: every armed waiter was woken
       }
+      // We cleared the bit, or whoever did has not made its FUTEX_WAKE yet (it may be preempted, stopped
+      // or killed between its CAS and the syscall: see "Stopped and dead notifiers"): wake for it.
+      futex_wake(&s_->seq, INT_MAX);
+      s_->woken.store(v, std::memory_order_release);  // after the wake: pairs with the load above
+      woke = true;
+      break;
     }
   }
   if (notify_fd_ >= 0 && s_->fd_sleepers.load(std::memory_order_relaxed) != 0) {

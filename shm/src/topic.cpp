@@ -377,8 +377,23 @@ void TopicHandle::release(std::uint32_t chunk) noexcept {
 TopicHandle::IoStatus TopicHandle::push_queue(std::uint32_t chunk, const Deadline& deadline) noexcept {
   // Below depth, push. The check and the push are two steps, so concurrent producers may overshoot depth
   // by one message each; the ring has room for every chunk, so the push itself never fails for room.
+  //
+  // The size is tail minus a head this process read earlier (head only grows, so the estimate is never
+  // below the truth): head is written by every consumer's pop, and reading it for every message cost a
+  // cache-line transfer per message; it is re-read only when the estimate says full.
   const auto room = [&] {
-    return pool_.ring(kQueueRing).size_approx() < depth_ &&
+    const MpmcRingShared* r = pool_.ring(kQueueRing).shared();
+    std::atomic_ref<std::uint64_t> cached(cached_head_);  // process-local; relaxed: a hint
+    const std::uint64_t t = r->tail.load(std::memory_order_acquire);
+    std::uint64_t h = cached.load(std::memory_order_relaxed);
+    if (t - h >= depth_) {
+      h = r->head.load(std::memory_order_acquire);
+      cached.store(h, std::memory_order_relaxed);
+    }
+    // t - h wraps to a huge value when head passed the tail we read (the queue drained meanwhile): room,
+    // as size_approx() clamps it.
+    const std::uint64_t size = t - h;
+    return (size < depth_ || size > pool_.ring(kQueueRing).capacity()) &&
            pool_.try_push(kQueueRing, chunk) == RingStatus::ok;
   };
   if (!wait_for(WaitOn::space, room, deadline, kQueueRoomSpin)) return IoStatus::timed_out;

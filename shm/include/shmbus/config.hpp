@@ -15,6 +15,6 @@ inline constexpr std::size_t kHwLine = 64;
 
 // Layout version of every shared structure in this library. Bump it whenever any shared struct changes
 // size, alignment, field order or meaning; a segment of another version is refused at open.
-inline constexpr std::uint32_t kLayoutVersion = 3;  // 3: waiter records in topic segments
+inline constexpr std::uint32_t kLayoutVersion = 4;  // 4: EventCount seq carries kArmed; woken
 
 }  // namespace shmbus

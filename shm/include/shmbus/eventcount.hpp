@@ -32,6 +32,18 @@
 // read-from that clear's RMW, so it sees the clearing notifier's N1. A waiter that armed and then did
 // not sleep (W3 true, a timeout) costs the next notifier one needless wake-up, never a hang.
 //
+// Stopped and dead notifiers. A clear promises a FUTEX_WAKE that its notifier makes only after the CAS: a
+// notifier preempted, SIGSTOPped or SIGKILLed between the two would leave every waiter asleep in
+// FUTEX_WAIT on its (now stale) key while later notifiers find the bit clear and skip the syscall: a
+// lost wake-up, for good if that notifier is dead and nobody arms again (a subscriber's wake word, idle
+// queue consumers). So the notifier that makes the FUTEX_WAKE then stores the disarmed value it woke for
+// in `woken` (release), and a notifier that finds the bit clear skips the syscall only if `woken` equals
+// seq (acquire); otherwise it makes the FUTEX_WAKE itself and stores `woken`. FUTEX_WAKE(INT_MAX) wakes
+// every sleeper whatever its key, and keys are odd while a disarmed seq is even, so "woken == seq"
+// means no sleeper is left from before the last clear. The cost: a second FUTEX_WAKE when another notify
+// comes while the clearer is inside its syscall (about a microsecond); a stale `woken` (two wakers racing)
+// costs at most one more.
+//
 // Dead waiters. A waiter killed while counted would leave its count high forever, and every notify would
 // then make a needless FUTEX_WAKE (never a hang, but a syscall per message). Two cures:
 //  - an EventCount that only one process waits on (a subscriber slot's) counts in futex_sleepers and is
@@ -117,6 +129,7 @@ struct alignas(kCacheLine) EventCountShared {
   std::atomic<std::uint32_t> futex_sleepers;  // waiters between W1 and the end of W4 (futex)
   std::atomic<std::uint32_t> fd_sleepers;     // the same, for the eventfd waiter
   std::atomic<std::uint32_t> wakes;           // syscalls made by notifiers (stats; relaxed)
+  std::atomic<std::uint32_t> woken;           // a disarmed seq whose FUTEX_WAKE was made (see "Stopped...")
 };
 static_assert(sizeof(EventCountShared) == kCacheLine);
 static_assert(offsetof(EventCountShared, seq) == 0);

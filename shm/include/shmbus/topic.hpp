@@ -246,6 +246,7 @@ class TopicHandle {
   TopicKind kind_ = TopicKind::stream;
   Overflow overflow_ = Overflow::drop_oldest;
   std::uint64_t depth_ = 0;
+  std::uint64_t cached_head_ = 0;  // queue: the ring's head as this process last read it (push_queue)
   std::uint64_t max_size_ = 0;
   std::uint32_t attrs_max_ = 0;
   std::string name_;
@@ -259,14 +260,17 @@ template <typename Ready>
 bool TopicHandle::wait_for(WaitOn on, Ready&& ready, const Deadline& deadline, std::uint32_t spin) noexcept {
   if (ready()) return true;           // before any clock read
   if (deadline.zero()) return false;  // a try: no spinning, no waiter record
-  // Spin, yielding the CPU now and then: with more processes than CPUs the one that would make us ready
-  // may be waiting for ours.
+  // Spin, yielding the CPU now and then (with more processes than CPUs the one that would make us ready
+  // may be waiting for ours), and no longer than the deadline: 2000 pauses are ~100 us here.
+  if (spin != 0) (void)deadline.at();  // fix the deadline now, not after the spin
   for (std::uint32_t i = 0; i < spin; ++i) {
     if (ready()) return true;
-    if (i % 64 == 63)
+    if (i % 64 == 63) {
+      if (deadline.left() <= std::chrono::nanoseconds::zero()) return ready();
       sched_yield();
-    else
+    } else {
       __builtin_ia32_pause();
+    }
   }
   WaiterRecord* mine = my_record();
   if (mine == nullptr) {  // no waiter record: poll, uncounted, so that dying here leaks nothing
