@@ -1,4 +1,4 @@
-// Timing, pinning and statistics shared by the two-process benchmarks (shmbus-pingpong, shmbus-bench).
+// Timing, pinning and statistics of the two-process benchmark harness (shmbus-bench).
 //
 // Clock: the TSC (lfence + rdtsc), calibrated against CLOCK_MONOTONIC_RAW, or clock_gettime(CLOCK_MONOTONIC)
 // when the TSC is not wanted. On this 2-vCPU KVM guest both advance in steps of ~10 ns and a timestamp

@@ -91,13 +91,15 @@ constexpr const char* kAeronPoll =
 std::vector<Entry> entries_for(Scenario s) {
   switch (s) {
     case Scenario::pingpong:
-      return {{"floor-cacheline", Mode::busy, nullptr}, {"floor-ring", Mode::busy, nullptr},
-              {"shmbus", Mode::busy, nullptr},          {"shmbus", Mode::zero_copy, nullptr},
-              {"shmbus", Mode::spin_park, nullptr},     {"pipe", Mode::busy, nullptr},
-              {"uds-stream", Mode::busy, nullptr},      {"uds-seqpacket", Mode::busy, nullptr},
-              {"posix-mq", Mode::busy, nullptr},        {"boost-mq", Mode::busy, nullptr},
-              {"zmq-ipc", Mode::busy, kZmqBusy},        {"zmq-ipc", Mode::blocking, nullptr},
-              {"iceoryx", Mode::zero_copy, nullptr},    {"aeron-ipc", Mode::busy, nullptr}};
+      return {{"floor-cacheline", Mode::busy, nullptr},  {"floor-ring", Mode::busy, nullptr},
+              {"shmbus", Mode::busy, nullptr},           {"shmbus", Mode::zero_copy, nullptr},
+              {"shmbus", Mode::spin_park, nullptr},      {"pipe", Mode::busy, nullptr},
+              {"uds-stream", Mode::busy, nullptr},       {"uds-seqpacket", Mode::busy, nullptr},
+              {"posix-mq", Mode::busy, nullptr},         {"boost-mq", Mode::busy, nullptr},
+              {"zmq-ipc", Mode::busy, kZmqBusy},         {"zmq-ipc", Mode::blocking, nullptr},
+              {"iceoryx", Mode::zero_copy, nullptr},     {"aeron-ipc", Mode::busy, nullptr},
+              {"layer-pool", Mode::busy, nullptr},       {"layer-stream", Mode::busy, nullptr},
+              {"layer-stream", Mode::zero_copy, nullptr}};
     case Scenario::wakeup:
       return {{"floor-futex", Mode::blocking, nullptr}, {"floor-eventfd", Mode::blocking, nullptr},
               {"shmbus", Mode::blocking, nullptr},      {"pipe", Mode::blocking, nullptr},
@@ -106,12 +108,13 @@ std::vector<Entry> entries_for(Scenario s) {
               {"zmq-ipc", Mode::blocking, nullptr},     {"iceoryx", Mode::blocking, nullptr},
               {"aeron-ipc", Mode::blocking, kAeronPoll}};
     case Scenario::throughput:
-      return {{"floor-ring", Mode::copy, nullptr},  {"shmbus", Mode::copy, nullptr},
-              {"shmbus", Mode::zero_copy, nullptr}, {"pipe", Mode::busy, nullptr},
-              {"uds-stream", Mode::busy, nullptr},  {"uds-seqpacket", Mode::busy, nullptr},
-              {"posix-mq", Mode::busy, nullptr},    {"boost-mq", Mode::busy, nullptr},
-              {"zmq-ipc", Mode::blocking, nullptr}, {"iceoryx", Mode::zero_copy, nullptr},
-              {"aeron-ipc", Mode::copy, nullptr},   {"aeron-ipc-exclusive", Mode::copy, nullptr}};
+      return {{"floor-ring", Mode::copy, nullptr},   {"shmbus", Mode::copy, nullptr},
+              {"shmbus", Mode::zero_copy, nullptr},  {"pipe", Mode::busy, nullptr},
+              {"uds-stream", Mode::busy, nullptr},   {"uds-seqpacket", Mode::busy, nullptr},
+              {"posix-mq", Mode::busy, nullptr},     {"boost-mq", Mode::busy, nullptr},
+              {"zmq-ipc", Mode::blocking, nullptr},  {"iceoryx", Mode::zero_copy, nullptr},
+              {"aeron-ipc", Mode::copy, nullptr},    {"aeron-ipc-exclusive", Mode::copy, nullptr},
+              {"layer-stream", Mode::copy, nullptr}, {"layer-stream", Mode::zero_copy, nullptr}};
     case Scenario::fanout:
       return {{"floor-ring", Mode::busy, nullptr},  {"shmbus", Mode::busy, nullptr},
               {"shmbus", Mode::zero_copy, nullptr}, {"pipe", Mode::busy, nullptr},
@@ -170,8 +173,8 @@ const char* floor_of(Scenario s) {
   return "";
 }
 
-bool is_peer(const std::string& t) {
-  return t != "shmbus" && t.rfind("floor-", 0) != 0;
+bool is_peer(const std::string& t) {  // not shmbus, a floor or a layer of shmbus's data path
+  return t != "shmbus" && t.rfind("floor-", 0) != 0 && t.rfind("layer-", 0) != 0;
 }
 
 Pattern pattern_of(Scenario s) {
@@ -279,6 +282,7 @@ class Orchestrator {
   void cleanup();
   std::vector<Group> plan();
   bool wanted(const std::string& transport, Mode m) const;
+  bool named(const std::string& transport) const;
   // Workers.
   bool spawn_workers(int n, int group, std::string* err);
   void kill_workers();
@@ -426,6 +430,13 @@ void Orchestrator::cleanup() {
   }
 }
 
+// Named in --transports (the layers of the data path run only then).
+bool Orchestrator::named(const std::string& t) const {
+  for (const auto& f : o_.transports)
+    if (f == t || f.rfind(t + "/", 0) == 0) return true;
+  return false;
+}
+
 bool Orchestrator::wanted(const std::string& t, Mode m) const {
   if (o_.transports.empty()) return true;
   for (const auto& f : o_.transports) {
@@ -455,6 +466,7 @@ std::vector<Group> Orchestrator::plan() {
     bool has_line = false;
     for (const Entry& e : entries_for(s)) {
       if (!wanted(e.transport, e.mode)) continue;
+      if (std::string_view(e.transport).rfind("layer-", 0) == 0 && !named(e.transport)) continue;  // opt-in
       Planned p;
       p.transport = e.transport;
       p.mode = e.mode;

@@ -117,6 +117,7 @@ bool transport_compiled(const std::string& name, std::string* why_not) {
 std::unique_ptr<Bench> make_bench(const BenchDesc& d, Part p, const Control& ctl, std::string* err) {
   const std::string t = d.transport;
   if (t.rfind("floor-", 0) == 0) return make_floor_bench(d, p, ctl, err);
+  if (t.rfind("layer-", 0) == 0) return make_layer_bench(d, p, ctl, err);
   if (t == "pipe" || t == "uds-stream" || t == "uds-seqpacket" || t == "posix-mq")
     return make_kernel_bench(d, p, ctl, err);
   if (t == "boost-mq") return make_boost_bench(d, p, ctl, err);

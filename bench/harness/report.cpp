@@ -55,11 +55,11 @@ const char* scenario_title(const std::string& s) {
 
 // Row order inside a scenario: by point, then floors, shmbus, peers in the order.
 int transport_rank(const std::string& t) {
-  static const char* order[] = {
-      "floor-cacheline", "floor-ring",         "floor-futex", "floor-eventfd", "shmbus",  "pipe",
-      "uds-stream",      "uds-seqpacket",      "posix-mq",    "boost-mq",      "zmq-ipc", "iceoryx",
-      "aeron-ipc",       "aeron-ipc-exclusive"};
-  for (int i = 0; i < 14; ++i)
+  static const char* order[] = {"floor-cacheline", "floor-ring",    "floor-futex", "floor-eventfd",
+                                "layer-pool",      "layer-stream",  "shmbus",      "pipe",
+                                "uds-stream",      "uds-seqpacket", "posix-mq",    "boost-mq",
+                                "zmq-ipc",         "iceoryx",       "aeron-ipc",   "aeron-ipc-exclusive"};
+  for (int i = 0; i < 16; ++i)
     if (t == order[i]) return i;
   return 99;
 }
@@ -233,7 +233,7 @@ std::string verdict(bool ok) {
 }  // namespace
 
 bool is_peer(const std::string& t) {
-  return t != "shmbus" && t.rfind("floor-", 0) != 0;
+  return t != "shmbus" && t.rfind("floor-", 0) != 0 && t.rfind("layer-", 0) != 0;
 }
 bool is_aeron(const std::string& t) {
   return t.rfind("aeron-", 0) == 0;
@@ -332,8 +332,7 @@ std::vector<std::string> targets(const Report& r) {
   if (const Row* b = find_row(r, "pingpong", "shmbus", "busy", 64); b && b->p50) {
     const Row* best = nullptr;
     for (const Row& x : r.rows)
-      if (x.scenario == "pingpong" && x.payload == 64 && x.skipped.empty() && x.p50 &&
-          x.transport != "shmbus" && x.transport.rfind("floor-", 0) != 0 &&
+      if (x.scenario == "pingpong" && x.payload == 64 && x.skipped.empty() && x.p50 && is_peer(x.transport) &&
           (best == nullptr || *x.p50 < *best->p50))
         best = &x;
     if (best != nullptr)

@@ -320,7 +320,7 @@ SendStatus StreamPublisher::publish(const std::byte* data, std::size_t n, AttrLi
       // Payload first, header last: the header's stores then go out together with the seq store (S1)
       // that follows, on the line the subscriber polls. Header first, a message reaching the slot's
       // second line made the first line travel to the publisher twice (the subscriber's polling takes it
-      // back while the second line's store waits): 64-byte round trip 890 -> 440 ns, shmbus-pingpong.
+      // back while the second line's store waits): 64-byte round trip 890 -> 440 ns (scripts/bench core).
       if (stamp_) {
         std::memcpy(p, &ts, 8);
         p += 8;

@@ -65,7 +65,8 @@ StreamGeometry stream_geometry(const TopicOptions& o, std::uint32_t chunk_count)
   // Connections and their slots start on 128-byte boundaries: a slot is then one aligned pair of lines,
   // and the spatial prefetcher (which fetches a line's 128-byte buddy) never pulls the next slot's header
   // line into the subscriber's cache while the publisher is about to write it (measured: a 64-byte inline
-  // round trip 2.3x that of an 8-byte one when slots straddled pairs, shmbus-pingpong).
+  // round trip 2.3x that of an 8-byte one when slots straddled pairs; measured with the core ping-pong that
+  // is now `scripts/bench core`).
   g.conn_stride = (bytes + detail::kSlotPair - 1) / detail::kSlotPair * detail::kSlotPair;
   g.held_words = (chunk_count + 63) / 64;
   return g;

@@ -185,4 +185,34 @@ TEST_F(BenchSmokeTest, MetaAndPlots) {
   }
 }
 
+// The layers of the data path (`scripts/bench core`) are opt-in: absent from `all`, measured when named.
+TEST(BenchLayersSmokeTest, LayersRunWhenNamedAndOnlyThen) {
+  char tmpl[] = "/tmp/shmbus-bench-layers-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl;
+  const std::string cmd =
+      std::string(SHMBUS_BENCH_BIN) +
+      " pingpong --smoke --sizes 8,64 --transports floor-cacheline,layer-pool,layer-stream,shmbus"
+      " --out '" +
+      dir + "' >'" + dir + "/stdout.txt' 2>'" + dir + "/stderr.txt'";
+  const int st = std::system(cmd.c_str());
+  ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << slurp(dir + "/stderr.txt");
+  std::set<std::string> measured;
+  for (const json& r : json::parse(slurp(dir + "/results.json")))
+    if (r["skipped"].is_null() || r["skipped"] == "")
+      measured.insert(r["transport"].get<std::string>() + "/" + r["mode"].get<std::string>() + "/" +
+                      std::to_string(r["payload_bytes"].get<unsigned>()));
+  for (const char* want : {"layer-pool/busy/8", "layer-pool/busy/64", "layer-stream/busy/8",
+                           "layer-stream/busy/64", "layer-stream/zero-copy/64", "shmbus/busy/64"})
+    EXPECT_TRUE(measured.count(want)) << want << " not measured:\n" << slurp(dir + "/stdout.txt");
+  // Not a peer: the targets' "best peer" never names a layer.
+  EXPECT_EQ(slurp(dir + "/stdout.txt").find("best peer, layer-"), std::string::npos);
+  if (!::testing::Test::HasFailure()) (void)std::system(("rm -rf '" + dir + "'").c_str());
+}
+
+TEST_F(BenchSmokeTest, LayersAreOptIn) {
+  for (const json& r : json::parse(slurp(dir_ + "/results.json")))
+    EXPECT_NE(r["transport"].get<std::string>().rfind("layer-", 0), 0u) << r.dump();
+}
+
 }  // namespace

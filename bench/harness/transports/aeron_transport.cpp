@@ -233,7 +233,7 @@ std::unique_ptr<Bench> make_aeron_bench(const BenchDesc& d, Part p, const Contro
     *err = "Aeron has no competing consumers: every subscription sees every message";
     return nullptr;
   }
-  if (d.transport == "aeron-ipc-exclusive")
+  if (std::string_view(d.transport) == "aeron-ipc-exclusive")
     return std::make_unique<ChannelBench<AeronOut<true>, AeronIn>>(d, p, ctl);
   return std::make_unique<ChannelBench<AeronOut<false>, AeronIn>>(d, p, ctl);
 }

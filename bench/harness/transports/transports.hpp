@@ -19,6 +19,7 @@ std::unique_ptr<Bench> make_zmq_bench(const BenchDesc& d, Part p, const Control&
 #ifdef SHMBUS_BENCH_HAVE_ICEORYX
 std::unique_ptr<Bench> make_iceoryx_bench(const BenchDesc& d, Part p, const Control& ctl, std::string* err);
 std::unique_ptr<Bench> make_aeron_bench(const BenchDesc& d, Part p, const Control& ctl, std::string* err);
+std::unique_ptr<Bench> make_layer_bench(const BenchDesc& d, Part p, const Control& ctl, std::string* err);
 #endif
 
 }  // namespace shmbus::bench
