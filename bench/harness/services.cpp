@@ -60,6 +60,26 @@ pid_t other_roudi() {
   return found;
 }
 
+// Wait up to 15 s for a daemon just spawned to be ready(); false (and why) when it exits first or the
+// time runs out (then the caller stops it).
+template <class Ready>
+bool wait_ready(pid_t& pid, const std::string& log, const std::string& name, const std::string& not_ready,
+                Ready&& ready, std::string* err) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+  while (std::chrono::steady_clock::now() < end) {
+    if (ready()) return true;
+    int st;
+    if (::waitpid(pid, &st, WNOHANG) == pid) {
+      pid = -1;
+      *err = name + " exited at start: " + tail_of(log, 3);
+      return false;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  *err = name + " " + not_ready + " within 15 s: " + tail_of(log, 3);
+  return false;
+}
+
 }  // namespace
 
 pid_t spawn_logged(const std::vector<std::string>& argv, const std::string& log) {
@@ -183,20 +203,12 @@ bool Roudi::start(const std::string& rundir, std::size_t max_payload, std::strin
     *err = "fork for iox-roudi failed";
     return false;
   }
-  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(15);
-  while (std::chrono::steady_clock::now() < end) {
+  const auto ready = [&] {
     std::ifstream f(log_);
     std::string all((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-    if (all.find("RouDi is ready for clients") != std::string::npos) return true;
-    int st;
-    if (::waitpid(pid_, &st, WNOHANG) == pid_) {
-      pid_ = -1;
-      *err = "iox-roudi exited at start: " + tail_of(log_, 3);
-      return false;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  *err = "iox-roudi was not ready within 15 s: " + tail_of(log_, 3);
+    return all.find("RouDi is ready for clients") != std::string::npos;
+  };
+  if (wait_ready(pid_, log_, "iox-roudi", "was not ready", ready, err)) return true;
   std::string ignore;
   stop(&ignore);
   return false;
@@ -235,19 +247,11 @@ bool Aeronmd::start(const std::string& dir, const std::string& log, std::string*
     return false;
   }
   const std::string cnc = dir + "/cnc.dat";
-  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(15);
-  while (std::chrono::steady_clock::now() < end) {
+  const auto ready = [&] {
     struct stat st {};
-    if (::stat(cnc.c_str(), &st) == 0 && st.st_size > 0) return true;
-    int ws;
-    if (::waitpid(pid_, &ws, WNOHANG) == pid_) {
-      pid_ = -1;
-      *err = "aeronmd exited at start: " + tail_of(log_, 3);
-      return false;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  *err = "aeronmd did not create " + cnc + " within 15 s: " + tail_of(log_, 3);
+    return ::stat(cnc.c_str(), &st) == 0 && st.st_size > 0;
+  };
+  if (wait_ready(pid_, log_, "aeronmd", "did not create " + cnc, ready, err)) return true;
   std::string ignore;
   stop(&ignore);
   return false;

@@ -43,14 +43,6 @@
 #include "shmbus/eventcount.hpp"
 #include "test_util.hpp"
 
-#if defined(__SANITIZE_THREAD__)
-#define SHMBUS_TEST_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define SHMBUS_TEST_TSAN 1
-#endif
-#endif
-
 namespace shmbus {
 namespace {
 

@@ -2,6 +2,15 @@
 // forking children with a bounded wait.
 #pragma once
 
+// SHMBUS_TEST_TSAN: defined under ThreadSanitizer (GCC and Clang), where stress tests run fewer rounds.
+#if defined(__SANITIZE_THREAD__)
+#define SHMBUS_TEST_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define SHMBUS_TEST_TSAN 1
+#endif
+#endif
+
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
