@@ -387,6 +387,10 @@ PublishStatus from_send(SendStatus s) {
   return PublishStatus::closed;
 }
 
+// The consumer port whose try_receive_batch() runs on this thread: its acks leave the wake-up of
+// waiting producers to the batch's end.
+thread_local PortState* t_queue_batch = nullptr;
+
 // The queue producer's publish of a held chunk. On success the chunk is given away.
 PublishStatus produce(PortState& p, std::uint32_t chunk, std::size_t size, AttrList attrs,
                       const Deadline& deadline) noexcept {
@@ -497,7 +501,10 @@ void Sample::reset() noexcept {
       sub_->release(r_.conn, r_.chunk);  // through the subscriber that took it
       break;
     case Where::queue_chunk:
-      port_->topic->release(r_.chunk);
+      if (detail::t_queue_batch == port_)
+        port_->topic->pool().release(r_.chunk);  // an ack inside this thread's batch: it wakes at its end
+      else
+        port_->topic->release(r_.chunk);
       break;
     default:
       break;
@@ -813,13 +820,9 @@ Consumer::Consumer(Consumer&&) noexcept = default;
 Consumer& Consumer::operator=(Consumer&&) noexcept = default;
 Consumer::~Consumer() = default;
 
-std::optional<Delivery> Consumer::try_receive() noexcept {
-  detail::PortState& p = *p_;
+// The Delivery of chunk c, just popped from the queue.
+Delivery Consumer::delivery_of(detail::PortState& p, std::uint32_t c) noexcept {
   TopicHandle& t = *p.topic;
-  std::uint32_t c;
-  if (t.deleted() || t.pool().try_pop(1, c) != RingStatus::ok) return std::nullopt;
-  t.shared()->delivered.fetch_add(1, std::memory_order_relaxed);  // relaxed: a statistic
-  t.notify(TopicHandle::WaitOn::space);                           // a producer may wait for room
   Sample s;
   s.port_ = &p;
   s.where_ = Sample::Where::queue_chunk;
@@ -832,6 +835,44 @@ std::optional<Delivery> Consumer::try_receive() noexcept {
   s.redelivered_ = (t.pool().header(c).flags.load(std::memory_order_relaxed) & kChunkRedelivered) != 0 ||
                    (h->flags & kMsgRedelivered) != 0;
   return Delivery(std::move(s));
+}
+
+std::optional<Delivery> Consumer::try_receive() noexcept {
+  detail::PortState& p = *p_;
+  TopicHandle& t = *p.topic;
+  std::uint32_t c;
+  if (t.deleted() || t.pool().try_pop(1, c) != RingStatus::ok) return std::nullopt;
+  t.shared()->delivered.fetch_add(1, std::memory_order_relaxed);  // relaxed: a statistic
+  t.notify(TopicHandle::WaitOn::space);                           // a producer may wait for room
+  return delivery_of(p, c);
+}
+
+std::size_t Consumer::try_receive_batch_impl(void (*fn)(void*, Delivery&), void* ctx, std::size_t max) {
+  detail::PortState& p = *p_;
+  TopicHandle& t = *p.topic;
+  if (t.deleted()) return 0;
+  std::size_t n = 0;
+  // The batch ends (its count and its one wake-up go out) however f leaves: a throwing f must not leave
+  // a producer waiting for room that this batch made. Only this thread's acks defer their wake-up to it
+  // (t_queue_batch): an ack from another thread meanwhile wakes as usual.
+  struct End {
+    TopicHandle& t;
+    std::size_t& n;
+    detail::PortState* outer;
+    ~End() {
+      detail::t_queue_batch = outer;
+      if (n == 0) return;
+      t.shared()->delivered.fetch_add(n, std::memory_order_relaxed);  // relaxed: a statistic
+      t.notify(TopicHandle::WaitOn::space);                           // the pops and the acks made room
+    }
+  } end{t, n, detail::t_queue_batch};
+  detail::t_queue_batch = &p;
+  for (std::uint32_t c; n < max && t.pool().try_pop(1, c) == RingStatus::ok;) {
+    ++n;
+    Delivery d = delivery_of(p, c);
+    fn(ctx, d);
+  }
+  return n;
 }
 
 Result<Delivery> Consumer::receive(std::chrono::nanoseconds timeout) {

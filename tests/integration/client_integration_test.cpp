@@ -348,6 +348,84 @@ TEST(QueueTest, FullQueueGivesBackPressure) {
   EXPECT_EQ(st.error().code(), Errc::timed_out);
 }
 
+// Consumer::try_receive_batch: what is ready, in order, up to max; acked ones are gone, one f leaves
+// alone goes back flagged redelivered, one f moves out stays with the caller; the counters add up.
+TEST(QueueTest, ReceiveBatchTakesWhatIsReadyAndNacksWhatItLeaves) {
+  Bus bus;
+  auto client = bus.client();
+  ASSERT_TRUE(client.create_topic("it.batch", queue(16)));
+  auto prod = client.producer("it.batch").value();
+  for (int i = 1; i <= 6; ++i) ASSERT_TRUE(prod.publish(std::to_string(i)));
+  auto con = client.consumer("it.batch").value();
+  std::vector<std::string> got;
+  std::optional<Delivery> kept;
+  const std::size_t n = con.try_receive_batch(
+      [&](Delivery& d) {
+        got.emplace_back(d.text());
+        if (d.text() == "2") return;  // left alone: nacked when f returns
+        if (d.text() == "3") {
+          kept.emplace(std::move(d));  // moved out: the caller holds it
+          return;
+        }
+        d.ack();
+      },
+      4);
+  EXPECT_EQ(n, 4u);
+  EXPECT_EQ(got, (std::vector<std::string>{"1", "2", "3", "4"}));
+  ASSERT_TRUE(kept);
+  EXPECT_EQ(kept->text(), "3");
+  kept->ack();
+  // Left: 5, 6, then 2 again (nacked to the back), flagged.
+  got.clear();
+  std::vector<bool> flagged;
+  EXPECT_EQ(con.try_receive_batch(
+                [&](Delivery& d) {
+                  got.emplace_back(d.text());
+                  flagged.push_back(d.redelivered());
+                  d.ack();
+                },
+                100),
+            3u);
+  EXPECT_EQ(got, (std::vector<std::string>{"5", "6", "2"}));
+  EXPECT_EQ(flagged, (std::vector<bool>{false, false, true}));
+  EXPECT_EQ(con.try_receive_batch([](Delivery&) {}, 10), 0u);
+  auto topics = client.request({{"op", "topics"}});
+  ASSERT_TRUE(topics);
+  const auto& t = (*topics)["topics"][0];
+  EXPECT_EQ(t["published"].get<int>(), 6);
+  EXPECT_EQ(t["delivered"].get<int>(), 7);  // 2 twice
+  EXPECT_EQ(t["acked"].get<int>(), 6);
+  EXPECT_EQ(t["queued"].get<int>(), 0);
+}
+
+// The acks inside a batch wake a producer blocked on the full queue at the batch's end (they defer their
+// wake-up to it): a producer parked for room gets it without waiting out its timeout.
+TEST(QueueTest, AcksInsideABatchWakeABlockedProducer) {
+  Bus bus;
+  bus.create_topics({{"it.bfull", queue(4)}});
+  auto* f = shared_block<Flags>();
+  const pid_t producer = fork_child([&] {
+    auto cl = Client::connect();
+    if (!cl) return 2;
+    auto prod = cl->producer("it.bfull");
+    if (!prod) return 3;
+    for (int i = 0; i < 4; ++i)
+      if (!prod->publish("x")) return 4;
+    f->ready.store(1);
+    // Full: this one parks (after its spin) until the consumer's batch makes room; 30 s is far beyond it.
+    const auto t0 = std::chrono::steady_clock::now();
+    if (!prod->publish("y", {}, 30s)) return 5;
+    return std::chrono::steady_clock::now() - t0 < 20s ? 0 : 6;
+  });
+  ASSERT_TRUE(wait_until([&] { return f->ready.load() == 1; }, 10s));
+  std::this_thread::sleep_for(50ms);  // let it park
+  auto client = bus.client();
+  auto con = client.consumer("it.bfull").value();
+  EXPECT_EQ(con.try_receive_batch([](Delivery& d) { d.ack(); }, 2), 2u);
+  auto r = wait_child(producer, 25s);
+  EXPECT_TRUE(r.exited && r.code == 0) << "code " << r.code << " signal " << r.signal;
+}
+
 TEST(ReclaimTest, SubscriberKilledHoldingSamplesLeavesThePoolWhole) {
   Bus bus;
   bus.create_topics({{"it.hold", stream(16)}});

@@ -5,7 +5,8 @@
 // with competing consumers. Streams use overflow drop-oldest (the default) for latency and block for the
 // one-way stream, so that no message is lost there.
 //
-// Modes: busy and copy spin on try_receive() (the one-way stream: try_receive_batch()) and use the copy
+// Modes: busy and copy spin on try_receive() (the one-way stream: Subscriber::try_receive_batch(); the queue:
+// Consumer::try_receive_batch(), up to 32 at a time) and use the copy
 // API (publish(bytes), copy out of the sample); zero-copy spins on try_receive(), loans a chunk, writes 8
 // bytes in place and reads them in place; spin-park and blocking call receive() (SubscriberOptions.spin
 // iterations, then the futex).
@@ -111,6 +112,7 @@ class ShmbusIn {
         auto r = (*cl)->consumer(c.name);
         if (!r) return r.error().message();
         cons_.emplace(std::move(*r));
+        pre_.reserve(kPrefetch);
       } else {
         auto r = (*cl)->subscriber(c.name, {.spin = c.mode == Mode::spin_park ? c.spin : 0});
         if (!r) return r.error().message();
@@ -122,6 +124,8 @@ class ShmbusIn {
   void teardown(int phase, const ChannelCtx& c) {
     if (phase == 0) {
       sub_.reset();
+      pre_.clear();  // nacked back, before the consumer goes
+      pre_i_ = 0;
       cons_.reset();
     }
     if (phase == 1 && owner_)
@@ -149,16 +153,25 @@ class ShmbusIn {
       }
     }
     if (!blocking_) {
-      // Queue pattern: more processes than CPUs, so a busy consumer yields when the queue is empty (as the
-      // floor-ring queue does).
-      for (;;) {
-        if (auto d = cons_->try_receive()) {
-          deliver(d->bytes(), f);
-          d->ack();
-          return;
-        }
-        sched_yield();
+      // Queue pattern, busy: take what is ready in batches of up to kPrefetch (Consumer::try_receive_batch,
+      // one wake-up of waiting producers per batch) and hand them out one by one; more processes than
+      // CPUs, so a consumer yields when the queue is empty (as the floor-ring queue does). Deliveries still
+      // held at teardown (after the last pill) are nacked back.
+      while (pre_i_ == pre_.size()) {
+        pre_.clear();
+        pre_i_ = 0;
+        if (cons_->try_receive_batch([&](Delivery& d) { pre_.push_back(std::move(d)); }, kPrefetch) == 0)
+          sched_yield();
       }
+      Delivery& d = pre_[pre_i_++];
+      const bool pill = d.bytes().size() >= 8 && seq_of(d.bytes().data()) == kPillSeq;
+      deliver(d.bytes(), f);
+      d.ack();
+      if (pill) {  // this consumer stops: what else it took goes back for the others (nacked)
+        pre_.clear();
+        pre_i_ = 0;
+      }
+      return;
     }
     for (;;) {
       auto r = cons_->receive(kTimeout);
@@ -181,9 +194,12 @@ class ShmbusIn {
       f(buf_.data(), b.size());
     }
   }
+  static constexpr std::size_t kPrefetch = 32;
   bool zero_copy_ = false, blocking_ = false, owner_ = false;
   std::optional<Subscriber> sub_;
   std::optional<Consumer> cons_;
+  std::vector<Delivery> pre_;  // queue, busy: taken in the last batch, handed out from pre_i_
+  std::size_t pre_i_ = 0;
   std::vector<std::byte> buf_;
 };
 

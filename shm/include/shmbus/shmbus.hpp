@@ -271,11 +271,24 @@ class Consumer {
   ~Consumer();
   std::optional<Delivery> try_receive() noexcept;
   Result<Delivery> receive(std::chrono::nanoseconds timeout);
+  // Take up to `max` messages that are ready, calling f(Delivery&) for each, in queue order; returns how
+  // many. f acks, nacks, or moves the Delivery out to keep it; one it leaves alone is nacked (put back
+  // for another consumer) when f returns, as a dropped Delivery is. Producers waiting for room are woken
+  // once, at the batch's end (also for the acks f makes inside the batch), rather than per message.
+  // f must not destroy this Consumer.
+  template <typename F>
+  std::size_t try_receive_batch(F&& f, std::size_t max) {
+    return try_receive_batch_impl(
+        [](void* ctx, Delivery& d) { (*static_cast<std::remove_reference_t<F>*>(ctx))(d); },
+        const_cast<void*>(static_cast<const void*>(std::addressof(f))), max);
+  }
   std::string topic() const;
 
  private:
   friend class Client;
   explicit Consumer(std::shared_ptr<detail::PortState> p) : p_(std::move(p)) {}
+  std::size_t try_receive_batch_impl(void (*fn)(void*, Delivery&), void* ctx, std::size_t max);
+  static Delivery delivery_of(detail::PortState& p, std::uint32_t chunk) noexcept;
   std::shared_ptr<detail::PortState> p_;
 };
 
