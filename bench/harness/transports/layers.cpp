@@ -135,7 +135,6 @@ class StreamOut {
     auto t = TopicHandle::open(layer_domain(), topic_id(c.name));
     if (!t) return t.error().message();
     topic_ = std::make_shared<TopicHandle>(std::move(*t));
-    topic_->set_identity(OwnerId::self());
     detail::StreamSupervisor sup(*topic_);
     auto slot = sup.attach_publisher(OwnerId::self(), 2, 1);
     if (!slot) return slot.error().message();
@@ -186,7 +185,6 @@ class StreamIn {
     auto t = TopicHandle::create(layer_domain(), topic_id(c.name), c.name, o);
     if (!t) return t.error().message();
     topic_ = std::make_shared<TopicHandle>(std::move(*t));
-    topic_->set_identity(OwnerId::self());
     detail::StreamSupervisor sup(*topic_);
     auto slot = sup.attach_subscriber(OwnerId::self(), 1);
     if (!slot) return slot.error().message();
