@@ -134,110 +134,88 @@ RingStatus ChunkPool::try_push(std::uint32_t ring, std::uint32_t idx) noexcept {
 }
 
 RingStatus ChunkPool::push_stamped(std::uint32_t ring, std::uint32_t idx, OwnerId self) noexcept {
-  MpmcRing& r = rings_[ring];
   ChunkHeader& h = headers_[idx];
   // Relaxed: published by R5 below.
   h.pusher.store(self.value, std::memory_order_relaxed);
-  // What the owner word holds while we still have the chunk: OWNED(self), then our latest stamp. Every
-  // rewrite is a CAS from it, never a plain store: should a popper ever take the chunk through a stale
-  // stamp (the 48-bit position ABA, see the header), the failed CAS tells us the chunk is handed over.
-  std::uint64_t mine = h.owner.load(std::memory_order_relaxed);
-  SHMBUS_ASSERT(mine == self.value);  // only the holder may push a chunk
-  for (;;) {
-    const std::uint64_t t = r.shared()->tail.load(std::memory_order_acquire);
-    MpmcRing::Cell& c = r.cell(t);
-    std::uint64_t cur = c.load(std::memory_order_acquire);  // A4
-    const std::uint64_t l = r.lap(t);
-    if (cur == MpmcRing::empty(l)) {
+  // MpmcRing::push_with with the owner word as the claim. `mine` is what the owner word holds while we
+  // still have the chunk: OWNED(self), then our latest stamp. Every rewrite is a CAS from it, never a plain
+  // store: should a popper ever take the chunk through a stale stamp (the 48-bit position ABA, see the
+  // header), the failed CAS tells us the chunk is handed over.
+  struct Hooks {
+    ChunkPool& pool;
+    ChunkHeader& h;
+    std::uint32_t ring;
+    std::uint64_t self;
+    std::uint64_t mine;
+    bool stamp(std::uint64_t t) noexcept {
       h.queued_pos.store(t, std::memory_order_relaxed);
       // R5: pairs with A5 in try_pop(): a popper that sees idx in cell t sees this stamp.
       if (!h.owner.compare_exchange_strong(mine, queued(ring, t), std::memory_order_release,
                                            std::memory_order_relaxed))
-        return RingStatus::ok;  // taken through an earlier stamp: it is in a consumer's hands
+        return false;  // taken through an earlier stamp: it is in a consumer's hands
       mine = queued(ring, t);
       SHMBUS_FAULT_POINT("pool.push.after_stamp");
-      // R3: the push happens here (see mpmc_ring.hpp).
-      if (c.compare_exchange_strong(cur, MpmcRing::full(l, idx), std::memory_order_acq_rel)) {
-        SHMBUS_FAULT_POINT("pool.push.after_cas");
-        MpmcRing::advance(r.shared()->tail, t);
-        return RingStatus::ok;
-      }
-      continue;  // someone pushed at t first; the stamp is rewritten for the next position
+      return true;  // then R3, the cell CAS; should it fail the stamp is rewritten for the next position
     }
-    if (MpmcRing::pushed_at(cur, l)) {
-      MpmcRing::advance(r.shared()->tail, t);
-      continue;
+    void pushed() noexcept { SHMBUS_FAULT_POINT("pool.push.after_cas"); }
+    // The ring looks full and cell p holds v. If that chunk was claimed already (its popper died between
+    // the owner CAS and emptying the cell, or is about to empty it), the position is popped: the ring
+    // empties the cell and moves head instead of reporting a full ring. Otherwise a popper's death would
+    // make a full free ring (release() must never see one) or a spurious "full".
+    bool holds(std::uint32_t v, std::uint64_t p) noexcept {
+      return v < pool.count_ &&
+             pool.headers_[v].owner.load(std::memory_order_acquire) == queued(ring, p);  // A5
     }
-    if (MpmcRing::is_full(cur) && MpmcRing::lap_of(cur) == MpmcRing::lap_add(l, MpmcRing::kLapMask) &&
-        r.shared()->tail.load(std::memory_order_acquire) == t) {
-      // Cell t still holds position t - capacity. If that chunk was claimed already (its popper died
-      // between the owner CAS and emptying the cell, or is about to empty it), the position is popped:
-      // empty the cell and move head, as try_pop() does, instead of reporting a full ring. Otherwise a
-      // popper's death would make a full free ring (release() must never see one) or a spurious "full".
-      const auto v = static_cast<std::uint32_t>(cur);
-      const std::uint64_t p = t - r.capacity();
-      if (v >= count_ || headers_[v].owner.load(std::memory_order_acquire) != queued(ring, p)) {  // A5
-        c.compare_exchange_strong(cur, MpmcRing::empty(l), std::memory_order_acq_rel);
-        MpmcRing::advance(r.shared()->head, p);
-        continue;
-      }
-      // Full: the caller keeps the chunk. Release: as R5, for whoever reads the owner word next.
-      if (mine != self.value && !h.owner.compare_exchange_strong(mine, self.value, std::memory_order_release,
-                                                                 std::memory_order_relaxed))
+    // Full: the caller keeps the chunk. Release: as R5, for whoever reads the owner word next.
+    RingStatus full() noexcept {
+      if (mine != self &&
+          !h.owner.compare_exchange_strong(mine, self, std::memory_order_release, std::memory_order_relaxed))
         return RingStatus::ok;  // taken through an earlier stamp, as above
       return RingStatus::full;
     }
-  }
+  } hooks{*this, h, ring, self.value, h.owner.load(std::memory_order_relaxed)};
+  SHMBUS_ASSERT(hooks.mine == self.value);  // only the holder may push a chunk
+  return rings_[ring].push_with(idx, hooks);
 }
 
 RingStatus ChunkPool::try_pop(std::uint32_t ring, std::uint32_t& idx) noexcept {
   SHMBUS_ASSERT(ring < ring_count_);
-  MpmcRing& r = rings_[ring];
-  const OwnerId self = identity();
-  for (;;) {
-    const std::uint64_t h = r.shared()->head.load(std::memory_order_acquire);
-    MpmcRing::Cell& c = r.cell(h);
-    std::uint64_t cur = c.load(std::memory_order_acquire);  // A3: pairs with R3 in push_stamped().
-    const std::uint64_t l = r.lap(h);
-    if (MpmcRing::is_full(cur) && MpmcRing::lap_of(cur) == l) {
-      const auto v = static_cast<std::uint32_t>(cur);
-      if (v < count_) {
-        ChunkHeader& ch = headers_[v];
-        std::uint64_t o = ch.owner.load(std::memory_order_acquire);  // A5: pairs with R5.
-        if (o == queued(ring, h)) {
-          SHMBUS_FAULT_POINT("pool.pop.before_claim");
-          // R6: the hand-over. acq_rel: we see the pusher's payload; the reclaimer and the next pusher see
-          // ours.
-          if (!ch.owner.compare_exchange_strong(o, self.value, std::memory_order_acq_rel)) continue;
-          SHMBUS_FAULT_POINT("pool.pop.after_claim");
-          c.compare_exchange_strong(cur, MpmcRing::empty(MpmcRing::lap_add(l, 1)), std::memory_order_acq_rel);
-          MpmcRing::advance(r.shared()->head, h);
-          // Relaxed: we hold the chunk; the next hand-over (R5/R6) publishes these.
-          if (ring == 0) {
-            ch.flags.store(0, std::memory_order_relaxed);
-            ch.last_ring.store(kNoRing, std::memory_order_relaxed);
-            ch.deliveries.store(0, std::memory_order_relaxed);
-            ch.size.store(0, std::memory_order_relaxed);
-          } else {
-            ch.last_ring.store(ring, std::memory_order_relaxed);
-            ch.deliveries.fetch_add(1, std::memory_order_relaxed);
-          }
-          idx = v;
-          return RingStatus::ok;
-        }
-      }
-      // Taken already by a popper that has not emptied the cell (or died), or a damaged value: empty it.
-      c.compare_exchange_strong(cur, MpmcRing::empty(MpmcRing::lap_add(l, 1)), std::memory_order_acq_rel);
-      MpmcRing::advance(r.shared()->head, h);
-      continue;
+  // MpmcRing::pop_with with the owner word as the claim: the hand-over is the owner CAS, and the cell is
+  // then emptied by whoever gets there first.
+  struct Hooks {
+    ChunkPool& pool;
+    std::uint32_t ring;
+    std::uint64_t self;
+    MpmcRing::Claim claim(std::uint32_t v, std::uint64_t h) noexcept {
+      if (v >= pool.count_) return MpmcRing::Claim::stale;  // a damaged value: empty the cell
+      ChunkHeader& ch = pool.headers_[v];
+      std::uint64_t o = ch.owner.load(std::memory_order_acquire);  // A5: pairs with R5.
+      // Not stamped for this cell: taken already by a popper that has not emptied the cell (or died).
+      if (o != queued(ring, h)) return MpmcRing::Claim::stale;
+      SHMBUS_FAULT_POINT("pool.pop.before_claim");
+      // R6: the hand-over. acq_rel: we see the pusher's payload; the reclaimer and the next pusher see ours.
+      if (!ch.owner.compare_exchange_strong(o, self, std::memory_order_acq_rel)) return MpmcRing::Claim::lost;
+      SHMBUS_FAULT_POINT("pool.pop.after_claim");
+      return MpmcRing::Claim::taken;
     }
-    if (MpmcRing::popped_at(cur, l)) {
-      MpmcRing::advance(r.shared()->head, h);
-      continue;
-    }
-    if (cur == MpmcRing::empty(l) && r.shared()->head.load(std::memory_order_acquire) == h)
-      return RingStatus::empty;
+    void popped() noexcept {}
+  } hooks{*this, ring, identity().value};
+  std::uint32_t v;
+  const RingStatus st = rings_[ring].pop_with(v, hooks);
+  if (st != RingStatus::ok) return st;
+  // Relaxed: we hold the chunk; the next hand-over (R5/R6) publishes these.
+  ChunkHeader& ch = headers_[v];
+  if (ring == 0) {
+    ch.flags.store(0, std::memory_order_relaxed);
+    ch.last_ring.store(kNoRing, std::memory_order_relaxed);
+    ch.deliveries.store(0, std::memory_order_relaxed);
+    ch.size.store(0, std::memory_order_relaxed);
+  } else {
+    ch.last_ring.store(ring, std::memory_order_relaxed);
+    ch.deliveries.fetch_add(1, std::memory_order_relaxed);
   }
+  idx = v;
+  return RingStatus::ok;
 }
 
 bool ChunkPool::cell_holds(std::uint32_t ring, std::uint64_t pos, std::uint32_t idx) const noexcept {

@@ -841,7 +841,7 @@ std::optional<Delivery> Consumer::try_receive() noexcept {
   detail::PortState& p = *p_;
   TopicHandle& t = *p.topic;
   std::uint32_t c;
-  if (t.deleted() || t.pool().try_pop(1, c) != RingStatus::ok) return std::nullopt;
+  if (t.deleted() || t.pool().try_pop(TopicHandle::kQueueRing, c) != RingStatus::ok) return std::nullopt;
   t.shared()->delivered.fetch_add(1, std::memory_order_relaxed);  // relaxed: a statistic
   t.notify(TopicHandle::WaitOn::space);                           // a producer may wait for room
   return delivery_of(p, c);
@@ -867,7 +867,7 @@ std::size_t Consumer::try_receive_batch_impl(void (*fn)(void*, Delivery&), void*
     }
   } end{t, n, detail::t_queue_batch};
   detail::t_queue_batch = &p;
-  for (std::uint32_t c; n < max && t.pool().try_pop(1, c) == RingStatus::ok;) {
+  for (std::uint32_t c; n < max && t.pool().try_pop(TopicHandle::kQueueRing, c) == RingStatus::ok;) {
     ++n;
     Delivery d = delivery_of(p, c);
     fn(ctx, d);

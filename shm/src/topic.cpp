@@ -1,13 +1,12 @@
-// Topic segments (topic.hpp): creation, validated opening, the queue data path, and what the broker does
-// for any topic (reclaim, dead owners). A stream's data path is stream_port.cpp; its broker side
-// stream_supervisor.cpp.
+// Topic segments (topic.hpp): options, creation, validated opening, waiter records. The queue's user half
+// is queue_port.cpp, the broker's half of any topic topic_supervisor.cpp; a stream's user half is
+// stream_port.cpp, its broker half stream_supervisor.cpp.
 #include "shmbus/topic.hpp"
 
 #include <algorithm>
 #include <bit>
 #include <cstring>
 #include <ctime>
-#include <unordered_set>
 #include <utility>
 
 #include "shmbus/paths.hpp"
@@ -16,7 +15,6 @@ namespace shmbus {
 namespace {
 
 constexpr std::string_view kTopicKind = "topic";
-constexpr std::uint32_t kQueueRing = 1;
 
 std::string quoted(std::string_view s) {
   return "\"" + std::string(s) + "\"";
@@ -352,149 +350,6 @@ WaiterRecord* TopicHandle::my_record() noexcept {
   WaiterRecord* rec = waiters_.claim(me, &index);
   if (rec != nullptr) record_.store(static_cast<std::int32_t>(index), std::memory_order_release);
   return rec;
-}
-
-// ---- queue data path ----
-
-// A producer that finds the queue full (or no free chunk) pause-polls this many times before parking: a
-// consumer makes room within microseconds, and parking would make every consumer's pop pay a futex wake
-// (a syscall, ~1-2 us) until the producer is back on a CPU (~10-45 us here).
-constexpr std::uint32_t kQueueRoomSpin = 2000;
-
-TopicHandle::IoStatus TopicHandle::allocate(std::uint32_t& chunk, const Deadline& deadline) noexcept {
-  if (pool_.try_allocate(chunk) == RingStatus::ok) return IoStatus::ok;
-  return wait_for(
-             WaitOn::space, [&] { return pool_.try_allocate(chunk) == RingStatus::ok; }, deadline,
-             kQueueRoomSpin)
-             ? IoStatus::ok
-             : IoStatus::no_chunk;
-}
-
-void TopicHandle::release(std::uint32_t chunk) noexcept {
-  pool_.release(chunk);
-  notify(WaitOn::space);
-}
-
-TopicHandle::IoStatus TopicHandle::push_queue(std::uint32_t chunk, const Deadline& deadline) noexcept {
-  // Below depth, push. The check and the push are two steps, so concurrent producers may overshoot depth
-  // by one message each; the ring has room for every chunk, so the push itself never fails for room.
-  //
-  // The size is tail minus a head this process read earlier (head only grows, so the estimate is never
-  // below the truth): head is written by every consumer's pop, and reading it for every message cost a
-  // cache-line transfer per message; it is re-read only when the estimate says full.
-  const auto room = [&] {
-    const MpmcRingShared* r = pool_.ring(kQueueRing).shared();
-    std::atomic_ref<std::uint64_t> cached(cached_head_);  // process-local; relaxed: a hint
-    const std::uint64_t t = r->tail.load(std::memory_order_acquire);
-    std::uint64_t h = cached.load(std::memory_order_relaxed);
-    if (t - h >= depth_) {
-      h = r->head.load(std::memory_order_acquire);
-      cached.store(h, std::memory_order_relaxed);
-    }
-    // t - h wraps to a huge value when head passed the tail we read (the queue drained meanwhile): room,
-    // as size_approx() clamps it.
-    const std::uint64_t size = t - h;
-    return (size < depth_ || size > pool_.ring(kQueueRing).capacity()) &&
-           pool_.try_push(kQueueRing, chunk) == RingStatus::ok;
-  };
-  if (!wait_for(WaitOn::space, room, deadline, kQueueRoomSpin)) return IoStatus::timed_out;
-  notify(WaitOn::not_empty);
-  return IoStatus::ok;
-}
-
-TopicHandle::IoStatus TopicHandle::requeue(std::uint32_t chunk) noexcept {
-  if (pool_.try_push(kQueueRing, chunk) != RingStatus::ok) return IoStatus::timed_out;
-  notify(WaitOn::not_empty);
-  return IoStatus::ok;
-}
-
-// ---- broker ----
-
-std::uint64_t TopicHandle::retry_held() {
-  std::uint64_t requeued = 0;
-  std::vector<std::uint32_t> still;
-  for (std::uint32_t c : held_) {
-    const std::uint32_t ring = pool_.header(c).last_ring.load(std::memory_order_relaxed);
-    if (kind() == TopicKind::queue && ring == kQueueRing) {
-      if (requeue(c) == IoStatus::ok) {
-        // Counted now that it is back in the queue, as reclaim() counts those it pushes at once.
-        pool_.shared()->redelivered.fetch_add(1, std::memory_order_relaxed);  // relaxed: a statistic
-        ++requeued;
-      } else {
-        still.push_back(c);
-      }
-      continue;
-    }
-    release(c);
-  }
-  held_ = std::move(still);
-  return requeued;
-}
-
-ReclaimReport TopicHandle::reclaim(OwnerId dead) {
-  for (std::uint32_t i = 0; i < waiters_.capacity; ++i)
-    if (waiters_.records[i].owner.load(std::memory_order_acquire) == dead.value)
-      EventCount::forget(waiters_.records[i]);
-  (void)waiters_.lower();  // notifiers scan no further than the records still claimed
-  ReclaimReport rep = pool_.reclaim(
-      dead, kind() == TopicKind::queue ? ChunkPool::Policy::redeliver : ChunkPool::Policy::free);
-  for (std::uint32_t c : rep.held) held_.push_back(c);
-  if (rep.redelivered != 0) notify(WaitOn::not_empty);
-  if (rep.freed != 0) notify(WaitOn::space);
-  return rep;
-}
-
-std::vector<OwnerId> TopicHandle::dead_owners(std::vector<OwnerId>* unknown) const {
-  std::unordered_set<std::uint64_t> seen, dead;
-  const OwnerId me = identity();
-  auto consider = [&](std::uint64_t v) {
-    const OwnerId id{v};
-    // A stream publisher slot's identity is no process: the stream supervisor deals with those chunks.
-    if (!id.valid() || detail::is_slot_owner(v) || id == me || !seen.insert(v).second) return;
-    switch (liveness(id)) {
-      case Liveness::dead:
-        dead.insert(v);
-        break;
-      case Liveness::unknown:
-        if (unknown != nullptr) unknown->push_back(id);
-        break;
-      case Liveness::alive:
-        break;
-    }
-  };
-  for (std::uint32_t i = 0; i < waiters_.capacity; ++i)
-    consider(waiters_.records[i].owner.load(std::memory_order_acquire));
-  for (std::uint32_t i = 0; i < pool_.chunk_count(); ++i) {
-    const std::uint64_t o = pool_.header(i).owner.load(std::memory_order_acquire);
-    if (!ChunkPool::is_queued(o)) {
-      consider(o);
-    } else if (!pool_.in_ring(i)) {  // a push its pusher may not have finished
-      consider(pool_.header(i).pusher.load(std::memory_order_relaxed));
-    }
-  }
-  for (std::uint32_t i = 0; i < stream_.max_publishers; ++i)
-    if (stream_.pubs[i].state.load(std::memory_order_relaxed) == detail::kPubActive)
-      consider(stream_.pubs[i].owner.load(std::memory_order_relaxed));
-  for (std::uint32_t j = 0; j < stream_.max_subscribers; ++j)
-    if (stream_.subs[j].state.load(std::memory_order_relaxed) == kSlotActive)
-      consider(stream_.subs[j].owner.load(std::memory_order_relaxed));
-  std::vector<OwnerId> out;
-  for (auto v : dead) out.push_back(OwnerId{v});
-  return out;
-}
-
-std::uint64_t TopicHandle::queued_messages() const {
-  if (kind() == TopicKind::queue) return pool_.ring(kQueueRing).size_approx();
-  std::uint64_t n = 0;
-  for (std::uint32_t k = 0; k < stream_.conn_capacity; ++k) {
-    const detail::ConnectionShared* cs = stream_.conn(k);
-    const std::uint32_t st = cs->state.load(std::memory_order_relaxed);
-    if (st != detail::kConnActive && st != detail::kConnOrphan) continue;
-    const std::uint64_t h = cs->head.load(std::memory_order_relaxed),
-                        t = cs->tail.load(std::memory_order_relaxed);
-    n += h > t && h - t <= 2 * stream_.depth ? h - t : 0;
-  }
-  return n;
 }
 
 }  // namespace shmbus

@@ -6,7 +6,8 @@
 //   OWNED(id)       bit 63 = 0, the OwnerId of the holder (never 0).
 //   QUEUED(r, p)    bit 63 = 1, ring id r (15 bits) << 48 | position p mod 2^48: the chunk sits (or is
 //                   about to sit) at position p of the pool's ring r. Ring 0 is the free ring.
-// The owner word, not the ring, decides who has a chunk:
+// The owner word, not the ring, decides who has a chunk. The rings run MpmcRing's one algorithm
+// (push_with / pop_with, mpmc_ring.hpp) with hooks that stamp and claim the owner word:
 //
 //   push(r, idx)  (holder H): header.pusher = H, header.queued_pos = t; owner = QUEUED(r, t) (release);
 //                 then the ring's cell CAS at t (the MpmcRing push step). If that CAS fails, retry with

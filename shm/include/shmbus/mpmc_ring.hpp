@@ -92,48 +92,111 @@ class MpmcRing {
 
   MpmcRing() = default;
 
+  // ---- the algorithm, once ----
+  // push_with / pop_with are the ring's only push and pop; try_push / try_pop are them with PlainHooks.
+  // A ring whose values carry their own claim word (ChunkPool: the chunk's owner word, see
+  // chunk_pool.hpp) passes hooks that stamp the value before the cell CAS and claim it before the cell is
+  // emptied; the cell states, the helping of head and tail and the full/empty tests stay here.
+  //
+  // Push hooks:
+  //   bool stamp(t)        before the cell CAS at position t; false: the value left the caller's hands
+  //                        meanwhile (push_with returns ok without pushing).
+  //   void pushed()        after the cell CAS succeeded.
+  //   bool holds(v, p)     the ring looks full and cell p (the oldest) holds v: true when v is still
+  //                        queued there; false when it was claimed by a popper that did not empty the cell
+  //                        (it died, or is about to): the pusher then empties it and advances head.
+  //   RingStatus full()    what a full ring returns.
+  // Pop hooks:
+  //   Claim claim(v, h)    the cell at position h holds v:
+  //                          Claim::cell   the cell CAS decides who pops (a plain ring);
+  //                          Claim::taken  the caller claimed v elsewhere: empty the cell, return v;
+  //                          Claim::lost   another popper claimed v first: read head again;
+  //                          Claim::stale  v was claimed earlier by a popper that did not empty the cell
+  //                                        (or is damaged): empty it, advance head, go on.
+  //   void popped()        after a Claim::cell pop succeeded.
+  enum class Claim : std::uint8_t { cell, taken, lost, stale };
+
+  struct PlainHooks {
+    bool stamp(std::uint64_t) noexcept {
+      SHMBUS_FAULT_POINT("mpmc.push.before_cas");
+      return true;
+    }
+    void pushed() noexcept { SHMBUS_FAULT_POINT("mpmc.push.after_cas"); }
+    bool holds(std::uint32_t, std::uint64_t) noexcept { return true; }
+    RingStatus full() noexcept { return RingStatus::full; }
+    Claim claim(std::uint32_t, std::uint64_t) noexcept {
+      SHMBUS_FAULT_POINT("mpmc.pop.before_cas");
+      return Claim::cell;
+    }
+    void popped() noexcept { SHMBUS_FAULT_POINT("mpmc.pop.after_cas"); }
+  };
+
   RingStatus try_push(std::uint32_t value) noexcept {
+    PlainHooks hooks;
+    return push_with(value, hooks);
+  }
+  RingStatus try_pop(std::uint32_t& value) noexcept {
+    PlainHooks hooks;
+    return pop_with(value, hooks);
+  }
+
+  template <typename Hooks>
+  RingStatus push_with(std::uint32_t value, Hooks& hooks) noexcept {
     for (;;) {
       const std::uint64_t t = s_->tail.load(std::memory_order_acquire);
       Cell& c = cell(t);
-      std::uint64_t cur = c.load(std::memory_order_acquire);  // A4: pairs with R4 in try_pop().
+      std::uint64_t cur = c.load(std::memory_order_acquire);  // A4: pairs with R4 in pop_with().
       const std::uint64_t l = lap(t);
       if (cur == empty(l)) {
-        SHMBUS_FAULT_POINT("mpmc.push.before_cas");
-        // R3: pairs with A3 in try_pop().
+        if (!hooks.stamp(t)) return RingStatus::ok;
+        // R3: the push happens here. Pairs with A3 in pop_with().
         if (c.compare_exchange_strong(cur, full(l, value), std::memory_order_acq_rel)) {
-          SHMBUS_FAULT_POINT("mpmc.push.after_cas");
+          hooks.pushed();
           advance(s_->tail, t);
           return RingStatus::ok;
         }
-        continue;
+        continue;  // someone pushed at t first
       }
       if (pushed_at(cur, l)) {
         advance(s_->tail, t);  // help a pusher that has not advanced tail (or died)
         continue;
       }
       if (is_full(cur) && lap_of(cur) == lap_add(l, kLapMask) &&
-          s_->tail.load(std::memory_order_acquire) == t)
-        return RingStatus::full;
+          s_->tail.load(std::memory_order_acquire) == t) {
+        // Cell t still holds position t - capacity.
+        const std::uint64_t p = t - capacity_;
+        if (!hooks.holds(static_cast<std::uint32_t>(cur), p)) {
+          c.compare_exchange_strong(cur, empty(l), std::memory_order_acq_rel);
+          advance(s_->head, p);
+          continue;
+        }
+        return hooks.full();
+      }
     }
   }
 
-  RingStatus try_pop(std::uint32_t& value) noexcept {
+  template <typename Hooks>
+  RingStatus pop_with(std::uint32_t& value, Hooks& hooks) noexcept {
     for (;;) {
       const std::uint64_t h = s_->head.load(std::memory_order_acquire);
       Cell& c = cell(h);
-      std::uint64_t cur = c.load(std::memory_order_acquire);  // A3: pairs with R3 in try_push().
+      std::uint64_t cur = c.load(std::memory_order_acquire);  // A3: pairs with R3 in push_with().
       const std::uint64_t l = lap(h);
       if (is_full(cur) && lap_of(cur) == l) {
-        SHMBUS_FAULT_POINT("mpmc.pop.before_cas");
-        // R4: pairs with A4 in try_push().
-        if (c.compare_exchange_strong(cur, empty(lap_add(l, 1)), std::memory_order_acq_rel)) {
-          SHMBUS_FAULT_POINT("mpmc.pop.after_cas");
-          advance(s_->head, h);
-          value = static_cast<std::uint32_t>(cur);
-          return RingStatus::ok;
+        const auto v = static_cast<std::uint32_t>(cur);
+        const Claim k = hooks.claim(v, h);
+        if (k == Claim::lost) continue;
+        // R4: pairs with A4 in push_with(): a pusher reuses the cell only after our reads of it. For
+        // Claim::cell this CAS is the pop; otherwise it only cleans the cell (whoever does it first).
+        const bool emptied = c.compare_exchange_strong(cur, empty(lap_add(l, 1)), std::memory_order_acq_rel);
+        if (k == Claim::cell) {
+          if (!emptied) continue;
+          hooks.popped();
         }
-        continue;
+        advance(s_->head, h);
+        if (k == Claim::stale) continue;
+        value = v;
+        return RingStatus::ok;
       }
       if (popped_at(cur, l)) {
         advance(s_->head, h);  // help a popper that has not advanced head (or died)
@@ -152,7 +215,7 @@ class MpmcRing {
   }
   MpmcRingShared* shared() const { return s_; }
 
-  // ---- cell arithmetic, shared with ChunkPool ----
+  // ---- cell arithmetic ----
   Cell& cell(std::uint64_t pos) const { return cells_[pos & mask_]; }
   std::uint64_t lap(std::uint64_t pos) const { return (pos >> shift_) & kLapMask; }
   static std::uint64_t lap_of(std::uint64_t cell) { return cell >> 33; }

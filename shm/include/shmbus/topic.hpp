@@ -130,6 +130,8 @@ struct StreamView {
 
 class TopicHandle {
  public:
+  static constexpr std::uint32_t kQueueRing = 1;  // a queue's message ring in its pool (0: the free ring)
+
   // Broker: create and publish the segment of a new topic.
   static Result<TopicHandle> create(std::string_view domain, std::uint64_t id, std::string_view name,
                                     const TopicOptions& options);
