@@ -566,6 +566,14 @@ Delivery::~Delivery() {
   nack();
 }
 
+Delivery& Delivery::operator=(Delivery&& o) noexcept {
+  if (this != &o) {
+    nack();  // not a silent release: what we held goes back to the queue, as on destruction
+    sample_ = std::move(o.sample_);
+  }
+  return *this;
+}
+
 void Delivery::ack() noexcept {
   if (sample_.where_ != Sample::Where::queue_chunk) return;
   sample_.port_->topic->shared()->acked.fetch_add(1, std::memory_order_relaxed);  // relaxed: a statistic
@@ -867,7 +875,12 @@ std::size_t Consumer::try_receive_batch_impl(void (*fn)(void*, Delivery&), void*
     }
   } end{t, n, detail::t_queue_batch};
   detail::t_queue_batch = &p;
-  for (std::uint32_t c; n < max && t.pool().try_pop(TopicHandle::kQueueRing, c) == RingStatus::ok;) {
+  // At most what is ready now: a Delivery f leaves alone goes back to the queue at once, and must not be
+  // taken again by this batch (a consumer that declines everything would never return).
+  max = std::min<std::size_t>(max, t.pool().ring(TopicHandle::kQueueRing).size_approx());
+  // deleted(): f may delete the topic; its ports fail from then on.
+  for (std::uint32_t c;
+       n < max && !t.deleted() && t.pool().try_pop(TopicHandle::kQueueRing, c) == RingStatus::ok;) {
     ++n;
     Delivery d = delivery_of(p, c);
     fn(ctx, d);

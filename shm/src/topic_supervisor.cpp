@@ -36,8 +36,11 @@ ReclaimReport TopicHandle::reclaim(OwnerId dead) {
   ReclaimReport rep = pool_.reclaim(
       dead, kind() == TopicKind::queue ? ChunkPool::Policy::redeliver : ChunkPool::Policy::free);
   for (std::uint32_t c : rep.held) held_.push_back(c);
-  if (rep.redelivered != 0) notify(WaitOn::not_empty);
-  if (rep.freed != 0) notify(WaitOn::space);
+  // Wake both sides whatever came back: the dead process may have made a change and died before it
+  // announced it (a producer between its push and its notify; a consumer inside try_receive_batch, whose
+  // pops and acks wake producers only at the batch's end). Once per death, so no cost worth saving.
+  notify(WaitOn::not_empty);
+  notify(WaitOn::space);
   return rep;
 }
 

@@ -121,7 +121,8 @@ class Sample {
 class Delivery {
  public:
   Delivery(Delivery&&) noexcept = default;
-  Delivery& operator=(Delivery&&) noexcept = default;
+  // The message this Delivery held, if any, is nacked first (as if it were destroyed).
+  Delivery& operator=(Delivery&& other) noexcept;
   ~Delivery();
 
   std::span<const std::byte> bytes() const { return sample_.bytes(); }
@@ -271,11 +272,13 @@ class Consumer {
   ~Consumer();
   std::optional<Delivery> try_receive() noexcept;
   Result<Delivery> receive(std::chrono::nanoseconds timeout);
-  // Take up to `max` messages that are ready, calling f(Delivery&) for each, in queue order; returns how
-  // many. f acks, nacks, or moves the Delivery out to keep it; one it leaves alone is nacked (put back
-  // for another consumer) when f returns, as a dropped Delivery is. Producers waiting for room are woken
-  // once, at the batch's end (also for the acks f makes inside the batch), rather than per message.
-  // f must not destroy this Consumer.
+  // Take up to `max` of the messages ready when it starts, calling f(Delivery&) for each, in queue order;
+  // returns how many. f acks, nacks, or moves the Delivery out to keep it; one it leaves alone is nacked
+  // (put back for another consumer) when f returns, as a dropped Delivery is, and this batch does not take
+  // it again. Producers waiting for room are woken once, at the batch's end (also for the acks f makes
+  // inside the batch), rather than per message: an f that waits for producers to make progress stalls
+  // them until the batch ends. The batch stops when the topic is deleted. f must not destroy this
+  // Consumer.
   template <typename F>
   std::size_t try_receive_batch(F&& f, std::size_t max) {
     return try_receive_batch_impl(

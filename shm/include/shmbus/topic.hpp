@@ -219,11 +219,14 @@ class TopicHandle {
   void release(std::uint32_t chunk) noexcept;
 
   // ---- broker ----
-  // Broker, at adoption: release the waiter mark's lock if a broker died holding it, and lower the mark
-  // past free records (eventcount.hpp, "The mark").
+  // Broker, at adoption: release the waiter mark's lock if a broker died holding it, lower the mark past
+  // free records (eventcount.hpp, "The mark"), and wake every waiter once: a process that died while no
+  // broker ran, between a change and its notify, is named nowhere the new broker looks.
   void repair_waiters() noexcept {
     waiters_.clear_lock();
     (void)waiters_.lower();
+    notify(WaitOn::not_empty);
+    notify(WaitOn::space);
   }
   // Retry held redeliveries (queue); returns how many went back to the queue.
   std::uint64_t retry_held();
